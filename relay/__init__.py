@@ -1,0 +1,1 @@
+"""outbox-relay: a transactional-outbox relay from PostgreSQL to Kafka."""

@@ -1,0 +1,78 @@
+"""The ``outbox-relay`` command line: parses, wires, and turns errors into one line."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from relay import config, migrate
+from relay.config import Settings
+from relay.errors import ConfigError
+from relay.options import ErrorReportingGroup, with_settings
+
+
+@click.group(cls=ErrorReportingGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="outbox-relay")
+def main() -> None:
+    """Move events from a PostgreSQL outbox table to Kafka, at least once, in per-key order.
+
+    \b
+    Quick start:
+      outbox-relay migrate --database-url postgresql://app@db/app
+      outbox-relay run --database-url postgresql://relay@db/app --bootstrap-servers kafka:9092
+
+    Every option can also be set with a RELAY_* environment variable or a TOML file
+    (--config); run `outbox-relay config show` to see what is in effect.
+    """
+
+
+@main.group(name="config")
+def config_group() -> None:
+    """Inspect the effective configuration."""
+
+
+@config_group.command(name="show")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of key = value.")
+@with_settings
+def config_show(settings: Settings, *, as_json: bool) -> None:
+    """Print the effective settings, secrets masked.
+
+    \b
+    Example:
+      RELAY_MODE=wal outbox-relay config show --config relay.toml
+    """
+    values = config.shown(settings)
+    if as_json:
+        click.echo(json.dumps(values, indent=2))
+        return
+    for key, value in values.items():
+        click.echo(f"{key} = {json.dumps(value)}")
+
+
+@main.command(name="migrate")
+@click.option("--print-sql", is_flag=True, help="Print the SQL instead of applying it.")
+@with_settings
+def migrate_command(settings: Settings, *, print_sql: bool) -> None:
+    """Add the outbox (table, indexes, functions, publication) to a database.
+
+    Applies the pending migrations, each in a transaction, under an advisory lock:
+    running it twice, or twice at once, is safe. --print-sql prints the same SQL for
+    Alembic, Flyway or Liquibase users.
+
+    \b
+    Examples:
+      outbox-relay migrate --database-url postgresql://app@db/app
+      outbox-relay migrate --schema events --print-sql > V1__outbox.sql
+    """
+    if print_sql:
+        click.echo(migrate.script(settings), nl=False)
+        return
+    if not settings.database_url:
+        raise ConfigError("no database URL: set --database-url or RELAY_DATABASE_URL")
+    applied = migrate.apply(settings)
+    if applied:
+        for migration in applied:
+            click.echo(f"applied {migration.version:04d}_{migration.name}")
+    else:
+        click.echo(f"{settings.schema}.{settings.table} is up to date")

@@ -1,0 +1,46 @@
+"""The project's own exceptions.
+
+Errors from psycopg, aiokafka and the operating system are translated into these at the
+boundary, so the CLI can turn every one of them into a single line and an exit code.
+"""
+
+from __future__ import annotations
+
+
+class RelayError(Exception):
+    """Base class of every error outbox-relay raises on purpose."""
+
+    #: The process exit code the CLI uses for this error.
+    exit_code: int = 1
+
+
+class ConfigError(RelayError):
+    """A setting is unknown, missing or has an invalid value."""
+
+    exit_code = 2
+
+
+class DatabaseError(RelayError):
+    """PostgreSQL could not be reached or refused what we asked."""
+
+
+class BrokerError(RelayError):
+    """The Kafka cluster could not be reached or refused what we asked."""
+
+
+class MigrationError(RelayError):
+    """The outbox schema could not be installed or is not what we expect."""
+
+
+class InvalidEventError(RelayError, ValueError):
+    """An event cannot be written to the outbox (bad topic, payload or headers)."""
+
+    exit_code = 2
+
+
+def first_line(exc: BaseException) -> str:
+    """The first non-empty line of an exception's message (libpq messages span lines)."""
+    for line in str(exc).splitlines():
+        if line.strip():
+            return line.strip()
+    return type(exc).__name__

@@ -1,0 +1,158 @@
+"""The migration kit: versioned SQL files that add the outbox to a service's database.
+
+`apply` runs the pending migrations, each in its own transaction, under an advisory lock,
+and records them in ``<schema>.<table>_migrations``; `script` renders the same SQL for
+teams that apply migrations with Alembic, Flyway or Liquibase.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.resources
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Final
+
+import psycopg
+from psycopg import sql
+
+from relay import sql as relay_sql
+from relay.config import Settings
+from relay.errors import DatabaseError, MigrationError, first_line
+
+_FILE_NAME: Final = re.compile(r"^(\d{4})_(\w+)\.sql$")
+
+_VERSION_TABLE: Final = """\
+CREATE TABLE IF NOT EXISTS {migrations} (
+    version integer PRIMARY KEY,
+    name text NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now()
+);"""
+_RECORD: Final = "INSERT INTO {migrations} (version, name) VALUES ({version}, {name});"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Migration:
+    """One versioned SQL file."""
+
+    version: int
+    name: str
+    template: str
+
+
+def _migrations_dir() -> Path:
+    # In a wheel the files sit inside the package; in a source checkout (editable
+    # install, tests) they sit at the top of the repository.
+    packaged = Path(str(importlib.resources.files("relay"))) / "migrations"
+    if packaged.is_dir():
+        return packaged
+    return Path(__file__).resolve().parent.parent / "migrations"
+
+
+def migrations() -> list[Migration]:
+    """Every migration shipped with this version of outbox-relay, in order."""
+    found = []
+    for path in sorted(_migrations_dir().iterdir()):
+        match = _FILE_NAME.match(path.name)
+        if match:
+            found.append(Migration(int(match[1]), match[2], path.read_text("utf-8")))
+    return found
+
+
+def names_for(settings: Settings) -> dict[str, sql.Composable]:
+    """SQL placeholders for the outbox the settings point at."""
+    return relay_sql.identifiers(
+        settings.schema,
+        settings.table,
+        publication=settings.publication,
+        max_payload_bytes=settings.max_payload_bytes,
+    )
+
+
+def _steps(
+    settings: Settings, pending: list[Migration]
+) -> Iterator[tuple[Migration, sql.Composed]]:
+    names = names_for(settings)
+    for migration in pending:
+        record = relay_sql.render(
+            _RECORD,
+            names
+            | {"version": sql.Literal(migration.version), "name": sql.Literal(migration.name)},
+        )
+        yield (
+            migration,
+            sql.Composed([relay_sql.render(migration.template, names), sql.SQL("\n"), record]),
+        )
+
+
+def script(settings: Settings) -> str:
+    """All migrations as one SQL script, for psql or another migration tool."""
+    names = names_for(settings)
+    parts = [
+        (
+            f"-- outbox-relay schema for {settings.schema}.{settings.table};"
+            " apply it in one transaction (psql -1 -f)."
+        ),
+        relay_sql.render("CREATE SCHEMA IF NOT EXISTS {schema};", names).as_string(),
+        relay_sql.render(_VERSION_TABLE, names).as_string(),
+    ]
+    for migration, statement in _steps(settings, migrations()):
+        parts.append(f"-- {migration.version:04d}_{migration.name}")
+        parts.append(statement.as_string())
+    return "\n\n".join(parts) + "\n"
+
+
+def _lock_key(settings: Settings) -> sql.Composed:
+    return sql.SQL("hashtextextended({}, 0)").format(
+        sql.Literal(f"outbox-relay migrate {settings.schema}.{settings.table}")
+    )
+
+
+def apply(settings: Settings) -> list[Migration]:
+    """Apply the pending migrations; return those applied (empty when up to date).
+
+    Concurrent runs are safe: they queue on an advisory lock, and the later ones find
+    nothing left to do.
+    """
+    names = names_for(settings)
+    try:
+        with psycopg.connect(settings.conninfo, autocommit=True, connect_timeout=10) as conn:
+            conn.execute(sql.SQL("SELECT pg_advisory_lock({})").format(_lock_key(settings)))
+            try:
+                with conn.transaction():
+                    conn.execute(relay_sql.render("CREATE SCHEMA IF NOT EXISTS {schema}", names))
+                    conn.execute(relay_sql.render(_VERSION_TABLE, names))
+                done = {
+                    row[0]
+                    for row in conn.execute(
+                        relay_sql.render("SELECT version FROM {migrations}", names)
+                    )
+                }
+                pending = [m for m in migrations() if m.version not in done]
+                for _migration, statement in _steps(settings, pending):
+                    with conn.transaction():
+                        conn.execute(statement)
+            finally:
+                conn.execute(sql.SQL("SELECT pg_advisory_unlock({})").format(_lock_key(settings)))
+    except psycopg.OperationalError as exc:
+        raise DatabaseError(f"cannot connect to the database: {first_line(exc)}") from None
+    except psycopg.Error as exc:
+        raise MigrationError(f"migration failed: {first_line(exc)}") from None
+    return pending
+
+
+def pending_versions(conn: psycopg.Connection[tuple[object, ...]], settings: Settings) -> list[int]:
+    """Versions not yet applied to the database `conn` is connected to."""
+    names = names_for(settings)
+    exists = conn.execute(
+        "SELECT to_regclass(format('%%I.%%I', %s::text, %s::text)) IS NOT NULL",
+        (settings.schema, f"{settings.table}_migrations"),
+    ).fetchone()
+    done: set[object] = set()
+    if exists and exists[0]:
+        done = {
+            row[0]
+            for row in conn.execute(relay_sql.render("SELECT version FROM {migrations}", names))
+        }
+    return [m.version for m in migrations() if m.version not in done]

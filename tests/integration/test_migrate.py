@@ -1,0 +1,90 @@
+from __future__ import annotations
+
+import concurrent.futures
+import subprocess
+
+import psycopg
+
+from relay.embedded import EmbeddedPostgres
+from tests.support import run_cli
+
+
+def _schema_dump(postgres: EmbeddedPostgres, url: str) -> str:
+    dump = subprocess.run(
+        [str(postgres.bindir / "pg_dump"), "--schema-only", "--no-owner", url],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    # pg_dump 15+ prints a random \restrict token on some builds; it is not schema.
+    return "\n".join(line for line in dump.splitlines() if not line.startswith("\\"))
+
+
+def test_migrate_creates_the_outbox_and_a_second_run_changes_nothing(
+    empty_database_url: str, postgres: EmbeddedPostgres
+) -> None:
+    first = run_cli("migrate", "--database-url", empty_database_url)
+    assert first.returncode == 0, first.stderr
+    assert "applied 0001_outbox" in first.stdout
+    before = _schema_dump(postgres, empty_database_url)
+
+    second = run_cli("migrate", "--database-url", empty_database_url)
+    assert second.returncode == 0, second.stderr
+    assert "up to date" in second.stdout
+    assert _schema_dump(postgres, empty_database_url) == before
+
+    with psycopg.connect(empty_database_url) as conn:
+        row = conn.execute("SELECT public.outbox_publish('orders', 'k1', '{}')").fetchone()
+        assert row is not None
+
+
+def test_two_concurrent_migrations_both_exit_zero(empty_database_url: str) -> None:
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        results = list(
+            pool.map(lambda _: run_cli("migrate", "--database-url", empty_database_url), range(2))
+        )
+    assert [r.returncode for r in results] == [0, 0], [r.stderr for r in results]
+    applied = [r for r in results if "applied 0001_outbox" in r.stdout]
+    assert len(applied) == 1
+    with psycopg.connect(empty_database_url) as conn:
+        versions = conn.execute("SELECT version FROM public.outbox_migrations").fetchall()
+    assert versions == [(1,)]
+
+
+def test_print_sql_applied_with_psql_gives_the_same_schema(
+    postgres: EmbeddedPostgres, empty_database_url: str, database_url: str
+) -> None:
+    # database_url was migrated by `migrate`; empty_database_url gets the printed SQL.
+    script = run_cli("migrate", "--print-sql")
+    assert script.returncode == 0, script.stderr
+    subprocess.run(
+        [
+            str(postgres.bindir / "psql"),
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-q",
+            "-1",
+            "-d",
+            empty_database_url,
+        ],
+        input=script.stdout,
+        text=True,
+        check=True,
+        capture_output=True,
+    )
+    assert _schema_dump(postgres, empty_database_url) == _schema_dump(postgres, database_url)
+
+
+def test_print_sql_quotes_configured_identifiers() -> None:
+    result = run_cli("migrate", "--print-sql", "--schema", "Events", "--table", "outbox_v2")
+    assert result.returncode == 0, result.stderr
+    assert 'CREATE TABLE "Events"."outbox_v2"' in result.stdout
+    assert 'CREATE SCHEMA IF NOT EXISTS "Events"' in result.stdout
+
+
+def test_unreachable_database_is_one_line_and_non_zero() -> None:
+    result = run_cli("migrate", "--database-url", "postgresql://nobody@127.0.0.1:1/none")
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith("outbox-relay: error: cannot connect to the database")
