@@ -1,0 +1,43 @@
+"""What /healthz and /readyz report: pure state, updated by the relay loop.
+
+Ready means: connected to PostgreSQL and to the broker, and not stalled. Stalled means
+events are pending but nothing was acknowledged for `stall_after_s` (the watchdog).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+STALL_AFTER_S = 60.0
+
+
+@dataclasses.dataclass(slots=True)
+class Health:
+    """Readiness of one relay process. The loop sets it; the HTTP endpoint reads it."""
+
+    stall_after_s: float = STALL_AFTER_S
+    database_connected: bool = False
+    broker_connected: bool = False
+    #: Standby relays (not holding leadership) are ready: they are healthy spares.
+    leader: bool = False
+    pending_events: int = 0
+    last_progress_s: float = dataclasses.field(default_factory=time.monotonic)
+
+    def progressed(self, now_s: float) -> None:
+        """Record that a batch was acknowledged, or that nothing was pending."""
+        self.last_progress_s = now_s
+
+    def readiness(self, now_s: float) -> tuple[bool, str]:
+        """Whether the relay is ready, and why not when it is not."""
+        if not self.database_connected:
+            return False, "not connected to PostgreSQL"
+        if not self.broker_connected:
+            return False, "not connected to the broker"
+        stalled_for = now_s - self.last_progress_s
+        if self.leader and self.pending_events > 0 and stalled_for > self.stall_after_s:
+            return (
+                False,
+                f"stalled: {self.pending_events} events pending, no progress for {stalled_for:.0f} s",
+            )
+        return True, "ready"
