@@ -38,6 +38,9 @@ class Health:
         if self.leader and self.pending_events > 0 and stalled_for > self.stall_after_s:
             return (
                 False,
-                f"stalled: {self.pending_events} events pending, no progress for {stalled_for:.0f} s",
+                (
+                    f"stalled: {self.pending_events} events pending, "
+                    f"no progress for {stalled_for:.0f} s"
+                ),
             )
         return True, "ready"
