@@ -67,3 +67,40 @@ class PublishResult:
     def all_acknowledged(self) -> bool:
         """True when every event of the batch was acknowledged."""
         return all(failure is None for failure in self.failures)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class FailedEvent:
+    """An event Kafka rejected for good this time: its attempt is counted on the row."""
+
+    event: OutboxEvent
+    failure: PublishFailure
+    #: Failed attempts including this one (what the row's ``attempts`` becomes).
+    attempts: int
+    #: True when `attempts` reached ``park_after_attempts``: the row becomes ``parked``.
+    park: bool
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Acknowledgement:
+    """How one fetched batch was settled; the loop hands it to `Source.acknowledge`.
+
+    Every event of the batch is in exactly one of the three tuples, each in batch order.
+    """
+
+    #: Kafka acknowledged these: mark them sent (or delete them, or confirm their LSN).
+    sent: tuple[OutboxEvent, ...]
+    #: Rejected for good this time (record too large, topic invalid, not authorised):
+    #: record the attempt and the error, and park those with ``park=True``.
+    failed: tuple[FailedEvent, ...] = ()
+    #: Not acknowledged and not charged: a retriable broker error, or held back behind an
+    #: earlier failure of the same key. They stay pending and must be fetched again.
+    unsettled: tuple[OutboxEvent, ...] = ()
+
+    @property
+    def complete(self) -> bool:
+        """True when every event of the batch was acknowledged."""
+        return not self.failed and not self.unsettled
+
+    def __len__(self) -> int:
+        return len(self.sent) + len(self.failed) + len(self.unsettled)

@@ -1,0 +1,302 @@
+"""The relay's decisions, as pure functions of plain values.
+
+Backoff, park-or-retry, per-key holding back, partition choice, topic routing and the
+shape of a Kafka record are decided here; the async code only awaits and moves data.
+Everything takes what it needs (the clock, the random source) as arguments, so it is
+unit-tested without sleeping, sockets or servers.
+"""
+
+from __future__ import annotations
+
+import enum
+import functools
+import hashlib
+import json
+import re
+import struct
+from collections.abc import Callable, Mapping
+from typing import Final
+
+from relay.events import (
+    Acknowledgement,
+    FailedEvent,
+    OutboxEvent,
+    PublishFailure,
+    PublishResult,
+)
+
+#: First delay after a failure; doubles per consecutive failure, up to the maximum.
+BACKOFF_BASE_S: Final = 0.1
+BACKOFF_MAX_S: Final = 10.0
+#: Kafka's own rule for topic names (the outbox CHECK enforces it for the row's topic;
+#: a topic template can still build an invalid one).
+_TOPIC: Final = re.compile(r"^[a-zA-Z0-9._-]{1,249}$")
+
+
+def backoff_s(
+    failures: int,
+    random: Callable[[], float],
+    *,
+    base_s: float = BACKOFF_BASE_S,
+    max_s: float = BACKOFF_MAX_S,
+) -> float:
+    """Seconds to wait after `failures` consecutive failures (1 for the first).
+
+    Exponential with "equal jitter": half the capped delay, plus a random part of the
+    other half, so relays restarted together do not retry in lockstep. `random` returns
+    a float in [0, 1) (``random.random`` in production, a constant in tests).
+    """
+    if failures <= 0:
+        return 0.0
+    capped = min(max_s, base_s * 2.0 ** min(failures - 1, 32))
+    return capped / 2 + random() * capped / 2
+
+
+class ErrorKind(enum.Enum):
+    """How a broker error affects the events it hit."""
+
+    #: Not the event's fault (broker down, leader moving, timeout): retry, never park.
+    RETRIABLE = "retriable"
+    #: This record can never be written (too large, corrupt): charge it, park it.
+    RECORD = "record"
+    #: Nothing can be written to this topic (invalid name, not authorised): charge every
+    #: event of the topic.
+    TOPIC = "topic"
+
+
+#: aiokafka exception class names that say a record will never be accepted.
+_RECORD_ERRORS: Final = frozenset(
+    {
+        "MessageSizeTooLargeError",
+        "RecordTooLargeError",
+        "RecordListTooLargeError",
+        "CorruptRecordException",
+        "InvalidTimestampError",
+        "UnsupportedForMessageFormatError",
+    }
+)
+#: aiokafka exception class names that say a topic will never accept records.
+_TOPIC_ERRORS: Final = frozenset(
+    {"TopicAuthorizationFailedError", "InvalidTopicError", "PolicyViolationError"}
+)
+
+
+def error_kind(error_class_name: str) -> ErrorKind:
+    """The kind of a broker error, from its aiokafka exception class name.
+
+    Everything not known to be permanent for an event is retriable: an authentication
+    failure or an unknown error is the cluster's problem, and parking every event
+    because of it would break more than it protects.
+    """
+    if error_class_name in _RECORD_ERRORS:
+        return ErrorKind.RECORD
+    if error_class_name in _TOPIC_ERRORS:
+        return ErrorKind.TOPIC
+    return ErrorKind.RETRIABLE
+
+
+def held_back(key: str) -> PublishFailure:
+    """The failure of an event not sent because an earlier event of its key failed."""
+    return PublishFailure(f"held back behind a failed event of key {key!r}", retriable=True)
+
+
+def batch_failures(count: int, error: str, kind: ErrorKind) -> list[PublishFailure]:
+    """Failures of the `count` records of one Kafka record batch that `error` rejected.
+
+    A record-level error (say, one record too large) fails the whole batch on the broker,
+    but only one record is to blame: we charge the first and hold back the others, which
+    go again in the next batch. Topic-level errors charge everyone; retriable errors
+    charge nobody.
+    """
+    if kind is ErrorKind.RETRIABLE:
+        return [PublishFailure(error, retriable=True)] * count
+    if kind is ErrorKind.TOPIC or count == 0:
+        return [PublishFailure(error, retriable=False)] * count
+    rest = PublishFailure(f"not sent: its batch was rejected ({error})", retriable=True)
+    return [PublishFailure(error, retriable=False), *[rest] * (count - 1)]
+
+
+def settle(result: PublishResult, park_after_attempts: int) -> Acknowledgement:
+    """Decide what becomes of each event of a published batch.
+
+    Per-key order: once an event of a key failed, no later event of that key in the
+    batch may count as sent, even if Kafka acknowledged it (a publisher that sent them
+    in one go cannot take them back): those stay unsettled and go again, after the
+    failed one, so the last copy a consumer sees is in order. Null keys promise no order.
+
+    Retriable failures are not charged; permanent ones count an attempt and are parked
+    when the attempts reach `park_after_attempts`.
+    """
+    sent: list[OutboxEvent] = []
+    failed: list[FailedEvent] = []
+    unsettled: list[OutboxEvent] = []
+    blocked: set[tuple[str, str]] = set()
+    for event, failure in zip(result.events, result.failures, strict=True):
+        key = (event.topic, event.key) if event.key is not None else None
+        if key is not None and key in blocked:
+            unsettled.append(event)
+        elif failure is None:
+            sent.append(event)
+        else:
+            if key is not None:
+                blocked.add(key)
+            if failure.retriable:
+                unsettled.append(event)
+            else:
+                attempts = event.attempts + 1
+                failed.append(
+                    FailedEvent(event, failure, attempts, park=attempts >= park_after_attempts)
+                )
+    return Acknowledgement(tuple(sent), tuple(failed), tuple(unsettled))
+
+
+class KeyHold:
+    """Keys that already failed within one batch: their later events must wait.
+
+    The publisher uses it while building record batches, so that an event rejected
+    locally (too large, invalid topic) does not let later events of its key through.
+    """
+
+    __slots__ = ("_blocked",)
+
+    def __init__(self) -> None:
+        self._blocked: set[tuple[str, str]] = set()
+
+    def block(self, event: OutboxEvent) -> None:
+        """Hold back the later events of `event`'s key (no effect for a null key)."""
+        if event.key is not None:
+            self._blocked.add((event.topic, event.key))
+
+    def holds(self, event: OutboxEvent) -> bool:
+        """True when an earlier event of `event`'s key failed."""
+        return event.key is not None and (event.topic, event.key) in self._blocked
+
+
+# -- partition choice ---------------------------------------------------------------------
+
+_MURMUR_M: Final = 0x5BD1E995
+_MURMUR_SEED: Final = 0x9747B28C
+_MASK32: Final = 0xFFFFFFFF
+
+
+def murmur2(data: bytes) -> int:
+    """Kafka's murmur2 hash of `data`, as the Java client computes it (unsigned 32 bit)."""
+    length = len(data)
+    h = (_MURMUR_SEED ^ length) & _MASK32
+    words = length // 4
+    for word in struct.unpack_from(f"<{words}I", data):
+        k = (word * _MURMUR_M) & _MASK32
+        k ^= k >> 24
+        k = (k * _MURMUR_M) & _MASK32
+        h = ((h * _MURMUR_M) & _MASK32) ^ k
+    tail = data[words * 4 :]
+    extra = len(tail)
+    if extra >= 3:  # noqa: PLR2004 - the tail is up to three bytes
+        h ^= tail[2] << 16
+    if extra >= 2:  # noqa: PLR2004
+        h ^= tail[1] << 8
+    if extra >= 1:
+        h ^= tail[0]
+        h = (h * _MURMUR_M) & _MASK32
+    h ^= h >> 13
+    h = (h * _MURMUR_M) & _MASK32
+    h ^= h >> 15
+    return h
+
+
+@functools.lru_cache(maxsize=65536)
+def partition_for(key: bytes, partition_count: int) -> int:
+    """Kafka's default partition of a keyed record: murmur2, made positive, modulo.
+
+    The same function as the Java client's and aiokafka's default partitioner, so other
+    producers of the topic put the same key in the same partition. Cached: outbox keys
+    (aggregate ids) repeat, and the hash is the costliest step of building a record.
+    """
+    return (murmur2(key) & 0x7FFFFFFF) % partition_count
+
+
+# -- records ------------------------------------------------------------------------------
+
+
+def valid_topic(name: str) -> bool:
+    """True when Kafka accepts `name` as a topic name."""
+    return bool(_TOPIC.match(name)) and name not in {".", ".."}
+
+
+def route_topic(
+    template: str, topic: str, event_type: str | None, aggregate_type: str | None
+) -> str:
+    """The topic an event goes to: the row's, or `template` filled from the row.
+
+    Like Debezium's ``route.by.field``: ``outbox.{aggregate_type}`` sends an ``Order``
+    event to ``outbox.Order``. A field that is NULL on the row falls back to the row's
+    topic for that event, rather than building a name like ``outbox.``.
+    """
+    if not template:
+        return topic
+    if ("{event_type}" in template and event_type is None) or (
+        "{aggregate_type}" in template and aggregate_type is None
+    ):
+        return topic
+    return template.format(
+        topic=topic, event_type=event_type or "", aggregate_type=aggregate_type or ""
+    )
+
+
+_COMPACT: Final = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
+
+def compact_json(text: str) -> bytes:
+    """Compact UTF-8 JSON from PostgreSQL's ``jsonb`` text output.
+
+    ``jsonb`` prints exactly one space after each ``,`` and ``:`` between tokens and no
+    other whitespace outside strings. Without backslashes in the text, every ``"``
+    delimits a string, so dropping the spaces from the parts between strings is exact
+    and several times faster than parsing; texts with escapes take the parser.
+    """
+    if "\\" in text:
+        return _COMPACT.encode(json.loads(text)).encode()
+    parts = text.split('"')
+    parts[::2] = [part.replace(" ", "") for part in parts[::2]]
+    return '"'.join(parts).encode()
+
+
+def header_value(value: object) -> bytes:
+    """A Kafka header value from a row's ``headers`` JSON: strings as UTF-8, else JSON."""
+    if isinstance(value, str):
+        return value.encode()
+    return _COMPACT.encode(value).encode()
+
+
+def kafka_headers(
+    event_id: str,
+    event_type: str | None,
+    aggregate_type: str | None,
+    row_headers: Mapping[str, object] | None,
+) -> tuple[tuple[str, bytes], ...]:
+    """The headers of a record: ``event_id``, the type fields when present, the row's own.
+
+    The row's headers (e.g. ``traceparent``) pass unchanged; they cannot override the
+    relay's ``event_id``, which consumers use to drop duplicates.
+    """
+    headers = [("event_id", event_id.encode())]
+    if event_type is not None:
+        headers.append(("event_type", event_type.encode()))
+    if aggregate_type is not None:
+        headers.append(("aggregate_type", aggregate_type.encode()))
+    if row_headers:
+        headers.extend(
+            (name, header_value(value))
+            for name, value in row_headers.items()
+            if name != "event_id" and value is not None
+        )
+    return tuple(headers)
+
+
+def lock_id_for(schema: str, table: str) -> int:
+    """The advisory lock key of an outbox's leadership: stable, derived from its name.
+
+    A signed 64-bit integer, as ``pg_try_advisory_lock(bigint)`` takes.
+    """
+    digest = hashlib.sha256(f"outbox-relay:{schema}.{table}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
