@@ -8,6 +8,7 @@ import click
 
 from relay import config, migrate
 from relay.config import Settings
+from relay.demo import demo_command
 from relay.errors import ConfigError
 from relay.options import ErrorReportingGroup, with_settings
 
@@ -76,3 +77,6 @@ def migrate_command(settings: Settings, *, print_sql: bool) -> None:
             click.echo(f"applied {migration.version:04d}_{migration.name}")
     else:
         click.echo(f"{settings.schema}.{settings.table} is up to date")
+
+
+main.add_command(demo_command)
