@@ -1,0 +1,172 @@
+"""/healthz, /readyz and /metrics on a running relay (``outbox-relay run`` in a subprocess)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from relay.config import Settings
+from relay.embedded import EmbeddedBroker, free_port
+from tests.support import REPO, consume
+
+WAIT_S = 60.0
+
+
+def http_get(port: int, path: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
+def wait_until(what: str, check: Callable[[], bool], timeout_s: float = WAIT_S) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError):
+            if check():
+                return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+
+
+def sample(port: int, name: str, labels: dict[str, str] | None = None) -> float:
+    """The value of one sample on /metrics (0 when the labelled child does not exist yet)."""
+    status, body = http_get(port, "/metrics")
+    assert status == 200
+    for family in text_string_to_metric_families(body):
+        for metric in family.samples:
+            if metric.name == name and (labels is None or metric.labels == labels):
+                return float(metric.value)
+    return 0.0
+
+
+class RelayProcess:
+    def __init__(self, process: subprocess.Popen[str], port: int, log: Path) -> None:
+        self.process = process
+        self.port = port
+        self.log = log
+
+    def get(self, path: str) -> tuple[int, str]:
+        assert self.process.poll() is None, f"relay exited: {self.log.read_text()[-2000:]}"
+        return http_get(self.port, path)
+
+
+@contextlib.contextmanager
+def running_relay(settings: Settings, tmp_path: Path, *extra: str) -> Iterator[RelayProcess]:
+    port = free_port()
+    log = tmp_path / "relay.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
+    with log.open("w") as output:
+        process = subprocess.Popen(
+            [
+                sys.executable, "-m", "relay", "run",
+                "--database-url", settings.database_url,
+                "--bootstrap-servers", settings.bootstrap_servers,
+                "--kafka-enable-idempotence", "false",
+                "--poll-interval", "0.2",
+                "--http-port", str(port),
+                "--log-format", "json",
+                *extra,
+            ],
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+            cwd=REPO,
+        )  # fmt: skip
+    relay = RelayProcess(process, port, log)
+    try:
+        wait_until("/healthz", lambda: relay.get("/healthz")[0] == 200)
+        yield relay
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def publish(
+    database_url: str, topic: str, count: int, headers: dict[str, str] | None = None
+) -> None:
+    with psycopg.connect(database_url) as conn:
+        conn.cursor().executemany(
+            "SELECT outbox_publish(%s, %s, %s, %s)",
+            [
+                (topic, f"key-{n % 5}", json.dumps({"n": n}), json.dumps(headers or {}))
+                for n in range(count)
+            ],
+        )
+
+
+def test_healthz_readyz_and_metrics_follow_the_traffic(
+    settings: Settings, topic: str, tmp_path: Path
+) -> None:
+    with running_relay(settings, tmp_path) as relay:
+        assert relay.get("/healthz") == (200, "ok\n")
+        wait_until("/readyz 200", lambda: relay.get("/readyz") == (200, "ready\n"))
+        published = ("outbox_relay_events_published_total", {"topic": topic})
+        assert sample(relay.port, *published) == 0
+
+        publish(settings.database_url, topic, 40)
+        wait_until("40 events published", lambda: sample(relay.port, *published) == 40)
+        assert sample(relay.port, "outbox_relay_commit_to_ack_seconds_count") == 40
+        assert sample(relay.port, "outbox_relay_batch_size_events_sum") == 40
+        assert sample(relay.port, "outbox_relay_batch_size_events_count") >= 1
+
+        publish(settings.database_url, topic, 25)
+        wait_until("65 events published", lambda: sample(relay.port, *published) == 65)
+        assert sample(relay.port, "outbox_relay_publish_errors_total") == 0
+        assert relay.get("/readyz") == (200, "ready\n")
+        records = asyncio.run(consume(settings.bootstrap_servers, [topic], expected=65))
+        assert len({record.event_id for record in records}) == 65
+
+
+@pytest.mark.slow
+def test_readyz_turns_unready_when_the_broker_stops_and_ready_when_it_returns(
+    settings: Settings, topic: str, tmp_path: Path
+) -> None:
+    broker = EmbeddedBroker(port=free_port(), log_file=tmp_path / "broker.log")
+    broker.start()
+    settings = Settings(
+        database_url=settings.database_url,
+        bootstrap_servers=broker.bootstrap_servers,
+        kafka_enable_idempotence=False,
+    )
+    try:
+        with running_relay(settings, tmp_path, "--kafka-request-timeout-ms", "3000") as relay:
+            wait_until("/readyz 200", lambda: relay.get("/readyz")[0] == 200)
+            publish(settings.database_url, topic, 3)
+            published = ("outbox_relay_events_published_total", {"topic": topic})
+            wait_until("3 events published", lambda: sample(relay.port, *published) == 3)
+
+            broker.stop()
+            publish(settings.database_url, topic, 2)  # the relay finds out when it publishes
+            wait_until("/readyz 503", lambda: relay.get("/readyz")[0] == 503)
+            assert relay.get("/readyz") == (503, "not connected to the broker\n")
+            assert relay.get("/healthz") == (200, "ok\n")  # alive: no restart needed
+
+            broker.start()  # same port, empty storage
+            wait_until("/readyz 200 again", lambda: relay.get("/readyz")[0] == 200)
+            wait_until("5 events published", lambda: sample(relay.port, *published) == 5)
+            # The two events written while the broker was down reached the new broker.
+            records = asyncio.run(consume(broker.bootstrap_servers, [topic], expected=2))
+            assert len({record.event_id for record in records}) == 2
+    finally:
+        broker.stop()
