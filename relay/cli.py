@@ -6,7 +6,7 @@ import json
 
 import click
 
-from relay import config, migrate
+from relay import admin_cli, config, migrate
 from relay.config import Settings
 from relay.demo import demo_command
 from relay.errors import ConfigError
@@ -80,3 +80,7 @@ def migrate_command(settings: Settings, *, print_sql: bool) -> None:
 
 
 main.add_command(demo_command)
+
+
+for _command in admin_cli.COMMANDS:
+    main.add_command(_command)

@@ -1,0 +1,556 @@
+"""`outbox-relay doctor`: one checklist of everything a deployment needs.
+
+Facts are gathered first (one database session, one short Kafka metadata exchange),
+then each check is a small pure function of those facts returning ok / warn / fail and
+the fix, so the decisions are unit-tested without a server. Checks that only WAL mode
+needs report ``skip`` in poll mode.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import enum
+from collections.abc import Callable, Sequence
+from typing import Any, Final
+
+import psycopg
+from psycopg.rows import dict_row
+
+from relay import admin, migrate
+from relay.config import Mode, OnSent, Settings
+from relay.errors import first_line
+
+BROKER_TIMEOUT_S: Final = 5.0
+#: Warn when the WAL a slot may still retain before it is invalidated drops below this
+#: share of max_slot_wal_keep_size.
+SAFE_WAL_WARN_FRACTION: Final = 0.2
+AUTO_CREATE_CONFIG: Final = "auto.create.topics.enable"
+
+
+class Level(enum.StrEnum):
+    """The outcome of one check."""
+
+    OK = "ok"
+    WARN = "warn"
+    FAIL = "fail"
+    SKIP = "skip"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Check:
+    """One line of the checklist."""
+
+    name: str
+    level: Level
+    detail: str
+    fix: str = ""
+
+    def as_json(self) -> dict[str, str]:
+        """The check as plain JSON values."""
+        return {
+            "name": self.name,
+            "level": self.level.value,
+            "detail": self.detail,
+            "fix": self.fix,
+        }
+
+
+# --- facts ------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class DatabaseFacts:
+    """What the database says about the outbox and the relay's role."""
+
+    role: str
+    database: str
+    wal_level: str
+    superuser: bool
+    replication: bool
+    outbox_exists: bool
+    #: Migration versions not yet applied; None when the role cannot read the record.
+    pending_versions: list[int] | None
+    #: (publishes inserts, covers the outbox), or None when the publication is missing.
+    publication: tuple[bool, bool] | None
+    emit_message_allowed: bool
+    schema_usage: bool
+    can_select: bool
+    can_update: bool
+    can_delete: bool
+    slot: admin.SlotStatus
+    #: Topics of pending events, after the topic template.
+    pending_topics: frozenset[str]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class BrokerFacts:
+    """What one metadata exchange with the Kafka cluster returned."""
+
+    reachable: bool
+    error: str = ""
+    topics: frozenset[str] = frozenset()
+    brokers: int = 0
+    #: ``auto.create.topics.enable`` of a broker; None when it cannot be read.
+    auto_create: bool | None = None
+
+
+def route(
+    settings: Settings, topic: str, event_type: str | None, aggregate_type: str | None
+) -> str:
+    """The topic an event goes to, after ``settings.topic_template``."""
+    if not settings.topic_template:
+        return topic
+    return settings.topic_template.format(
+        topic=topic, event_type=event_type or "", aggregate_type=aggregate_type or ""
+    )
+
+
+def database_facts(settings: Settings) -> DatabaseFacts:
+    """Read every database fact the checks need (raises psycopg errors)."""
+    with psycopg.connect(
+        settings.conninfo,
+        autocommit=True,
+        connect_timeout=admin.CONNECT_TIMEOUT_S,
+        prepare_threshold=None,
+        application_name="outbox-relay doctor",
+    ) as conn:
+        cursor = conn.cursor(row_factory=dict_row)
+
+        def one(name: str, **params: object) -> dict[str, Any]:
+            row = cursor.execute(admin.named_query(settings, name), params).fetchone()
+            return dict(row) if row else {}
+
+        server = one("server_facts")
+        names = {"schema": settings.schema, "table": settings.table}
+        outbox_exists = bool(one("outbox_exists", **names)["found"])
+        pending_versions: list[int] | None
+        try:
+            with conn.transaction():
+                pending_versions = migrate.pending_versions(conn, settings)
+        except psycopg.errors.InsufficientPrivilege:
+            pending_versions = None
+        publication = one("publication", **names, publication=settings.publication)
+        privileges = one("privileges", **names) if outbox_exists else {}
+        pending_topics: frozenset[str] = frozenset()
+        if outbox_exists and privileges.get("can_select"):
+            rows = cursor.execute(admin.named_query(settings, "pending_topics")).fetchall()
+            pending_topics = frozenset(
+                route(settings, r["topic"], r["event_type"], r["aggregate_type"]) for r in rows
+            )
+        return DatabaseFacts(
+            role=server["role"],
+            database=server["database"],
+            wal_level=server["wal_level"],
+            superuser=server["superuser"],
+            replication=server["replication"],
+            outbox_exists=outbox_exists,
+            pending_versions=pending_versions,
+            publication=(
+                (publication["publishes_inserts"], publication["covers_outbox"])
+                if publication
+                else None
+            ),
+            emit_message_allowed=one("emit_message_allowed")["allowed"],
+            schema_usage=bool(privileges.get("schema_usage")),
+            can_select=bool(privileges.get("can_select")),
+            can_update=bool(privileges.get("can_update")),
+            can_delete=bool(privileges.get("can_delete")),
+            slot=admin.slot_status(conn, settings),
+            pending_topics=pending_topics,
+        )
+
+
+def kafka_client_options(settings: Settings) -> dict[str, Any]:
+    """The aiokafka client options (address, security) from the settings."""
+    options: dict[str, Any] = {
+        "bootstrap_servers": settings.bootstrap_servers,
+        "client_id": f"{settings.kafka_client_id}-doctor",
+        "request_timeout_ms": int(BROKER_TIMEOUT_S * 1000),
+        "security_protocol": settings.kafka_security_protocol,
+    }
+    if settings.kafka_security_protocol in {"SSL", "SASL_SSL"}:
+        from aiokafka.helpers import create_ssl_context
+
+        options["ssl_context"] = create_ssl_context(
+            cafile=settings.kafka_ssl_cafile or None,
+            certfile=settings.kafka_ssl_certfile or None,
+            keyfile=settings.kafka_ssl_keyfile or None,
+            password=settings.kafka_ssl_password or None,
+        )
+    if settings.kafka_security_protocol.startswith("SASL"):
+        options["sasl_mechanism"] = settings.kafka_sasl_mechanism or "PLAIN"
+        options["sasl_plain_username"] = settings.kafka_sasl_username
+        options["sasl_plain_password"] = settings.kafka_sasl_password
+    return options
+
+
+async def broker_facts(settings: Settings, timeout_s: float = BROKER_TIMEOUT_S) -> BrokerFacts:
+    """Ask the cluster for its topics and, where it answers, whether it auto-creates."""
+    from aiokafka.admin import AIOKafkaAdminClient
+    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+    from aiokafka.errors import KafkaError
+
+    client = AIOKafkaAdminClient(**kafka_client_options(settings))
+    try:
+        await asyncio.wait_for(client.start(), timeout_s)
+        topics = await asyncio.wait_for(client.list_topics(), timeout_s)
+        cluster = await asyncio.wait_for(client.describe_cluster(), timeout_s)
+    except (KafkaError, OSError, TimeoutError) as exc:
+        return BrokerFacts(reachable=False, error=first_line(exc) or type(exc).__name__)
+    finally:
+        with contextlib.suppress(Exception):
+            await client.close()
+    brokers = cluster.get("brokers") or []
+    auto_create = None
+    if brokers:
+        client = AIOKafkaAdminClient(**kafka_client_options(settings))
+        # Not every Kafka-protocol server answers DescribeConfigs: unknown is fine.
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(client.start(), timeout_s)
+            resource = ConfigResource(
+                ConfigResourceType.BROKER, str(brokers[0]["node_id"]), [AUTO_CREATE_CONFIG]
+            )
+            responses = await asyncio.wait_for(client.describe_configs([resource]), timeout_s)
+            auto_create = _auto_create(responses)
+        with contextlib.suppress(Exception):
+            await client.close()
+    return BrokerFacts(
+        reachable=True,
+        topics=frozenset(topics),
+        brokers=len(brokers),
+        auto_create=auto_create,
+    )
+
+
+def _auto_create(responses: Sequence[Any]) -> bool | None:
+    for response in responses:
+        for resource in getattr(response, "resources", []):
+            error_code, entries = resource[0], resource[4]
+            if error_code:
+                continue
+            for entry in entries:
+                if entry[0] == AUTO_CREATE_CONFIG and entry[1] is not None:
+                    return str(entry[1]).lower() == "true"
+    return None
+
+
+# --- checks (pure) ----------------------------------------------------------------------
+
+
+def _wal_only(name: str, settings: Settings) -> Check | None:
+    if settings.mode is Mode.WAL:
+        return None
+    return Check(name, Level.SKIP, "poll mode does not need it")
+
+
+def check_migrations(facts: DatabaseFacts, settings: Settings) -> Check:
+    """The outbox exists and every migration of this version is applied."""
+    name = "migrations current"
+    outbox = f"{settings.schema}.{settings.table}"
+    migrate_fix = f"outbox-relay migrate --schema {settings.schema} --table {settings.table}"
+    if not facts.outbox_exists:
+        return Check(name, Level.FAIL, f"{outbox} does not exist", migrate_fix)
+    if facts.pending_versions is None:
+        return Check(
+            name,
+            Level.WARN,
+            f"role {facts.role} cannot read {outbox}_migrations",
+            f"GRANT SELECT ON {settings.schema}.{settings.table}_migrations TO {facts.role}",
+        )
+    if facts.pending_versions:
+        missing = ", ".join(f"{v:04d}" for v in facts.pending_versions)
+        return Check(name, Level.FAIL, f"{outbox} lacks migrations {missing}", migrate_fix)
+    return Check(name, Level.OK, f"{outbox} is up to date")
+
+
+def check_wal_level(facts: DatabaseFacts, settings: Settings) -> Check:
+    """WAL mode decodes the WAL: it needs ``wal_level = logical``."""
+    name = "wal_level"
+    if settings.mode is not Mode.WAL:
+        return Check(name, Level.SKIP, f"{facts.wal_level} (only wal mode needs logical)")
+    if facts.wal_level != "logical":
+        return Check(
+            name,
+            Level.FAIL,
+            f"wal_level is {facts.wal_level}, wal mode needs logical",
+            "ALTER SYSTEM SET wal_level = 'logical'; then restart PostgreSQL "
+            "(managed services: set the logical replication parameter)",
+        )
+    return Check(name, Level.OK, "logical")
+
+
+def check_replication_privilege(facts: DatabaseFacts, settings: Settings) -> Check:
+    """Streaming from a slot needs the REPLICATION attribute (or superuser)."""
+    name = "replication privilege"
+    if skipped := _wal_only(name, settings):
+        return skipped
+    if facts.superuser or facts.replication:
+        how = "superuser" if facts.superuser else "REPLICATION"
+        return Check(name, Level.OK, f"role {facts.role} has {how}")
+    return Check(
+        name,
+        Level.FAIL,
+        f"role {facts.role} lacks REPLICATION",
+        f"ALTER ROLE {facts.role} REPLICATION",
+    )
+
+
+def check_publication(facts: DatabaseFacts, settings: Settings) -> Check:
+    """The publication exists, covers the outbox and publishes inserts."""
+    name = "publication"
+    if skipped := _wal_only(name, settings):
+        return skipped
+    outbox = f"{settings.schema}.{settings.table}"
+    create = (
+        f"CREATE PUBLICATION {settings.publication} FOR TABLE {outbox} WITH (publish = 'insert')"
+    )
+    if facts.publication is None:
+        return Check(name, Level.FAIL, f"publication {settings.publication} does not exist", create)
+    publishes_inserts, covers = facts.publication
+    if not covers:
+        return Check(
+            name,
+            Level.FAIL,
+            f"publication {settings.publication} does not include {outbox}",
+            f"ALTER PUBLICATION {settings.publication} ADD TABLE {outbox}",
+        )
+    if not publishes_inserts:
+        return Check(
+            name,
+            Level.FAIL,
+            f"publication {settings.publication} does not publish inserts",
+            f"ALTER PUBLICATION {settings.publication} SET (publish = 'insert')",
+        )
+    return Check(name, Level.OK, f"{settings.publication} publishes inserts of {outbox}")
+
+
+def check_slot(facts: DatabaseFacts, settings: Settings) -> Check:
+    """The slot is there and has not lost (or is not about to lose) the WAL it needs."""
+    name = "replication slot"
+    if skipped := _wal_only(name, settings):
+        return skipped
+    slot = facts.slot
+    if not slot.exists:
+        return Check(
+            name,
+            Level.WARN,
+            f"slot {slot.slot_name} does not exist yet",
+            "the relay creates it on its first start in wal mode",
+        )
+    drop = (
+        f"SELECT pg_drop_replication_slot('{slot.slot_name}'), restart the relay, and "
+        "replay what was missed (outbox-relay replay)"
+    )
+    if slot.wal_status == "lost":
+        return Check(name, Level.FAIL, f"slot {slot.slot_name} lost WAL it needed", drop)
+    retained = admin.format_bytes(slot.retained_bytes)
+    if slot.wal_status == "unreserved":
+        return Check(
+            name,
+            Level.WARN,
+            f"slot {slot.slot_name} retains {retained}, past max_slot_wal_keep_size: "
+            "it will be invalidated at the next checkpoint",
+            "start the relay now (it must catch up), or raise max_slot_wal_keep_size",
+        )
+    state = "active" if slot.active else "inactive"
+    detail = f"{slot.slot_name} {state}, retains {retained}, wal_status {slot.wal_status}"
+    if not slot.active:
+        return Check(
+            name,
+            Level.WARN,
+            detail,
+            "start the relay: an inactive slot keeps WAL until it is consumed",
+        )
+    return Check(name, Level.OK, detail)
+
+
+def check_wal_retention(facts: DatabaseFacts, settings: Settings) -> Check:
+    """A stopped relay's slot must not be able to fill the disk, nor be close to its cap."""
+    name = "WAL retention"
+    if skipped := _wal_only(name, settings):
+        return skipped
+    slot = facts.slot
+    keep = slot.max_slot_wal_keep_size
+    if keep < 0:
+        return Check(
+            name,
+            Level.WARN,
+            "max_slot_wal_keep_size is unlimited: a stopped relay's slot can fill the disk",
+            "ALTER SYSTEM SET max_slot_wal_keep_size = '50GB'; SELECT pg_reload_conf()",
+        )
+    limit = admin.format_bytes(keep)
+    if (
+        slot.exists
+        and slot.safe_wal_size is not None
+        and slot.safe_wal_size < keep * (SAFE_WAL_WARN_FRACTION)
+    ):
+        return Check(
+            name,
+            Level.WARN,
+            f"only {admin.format_bytes(slot.safe_wal_size)} of {limit} left before "
+            f"slot {slot.slot_name} is invalidated",
+            "make sure the relay runs and catches up, or raise max_slot_wal_keep_size",
+        )
+    safe = (
+        f", {admin.format_bytes(slot.safe_wal_size)} left"
+        if slot.exists and slot.safe_wal_size is not None
+        else ""
+    )
+    return Check(name, Level.OK, f"max_slot_wal_keep_size {limit}{safe}")
+
+
+def check_heartbeat(facts: DatabaseFacts, settings: Settings) -> Check:
+    """The relay keeps an idle slot moving with ``pg_logical_emit_message``."""
+    name = "heartbeat"
+    if skipped := _wal_only(name, settings):
+        return skipped
+    if facts.emit_message_allowed:
+        return Check(name, Level.OK, "pg_logical_emit_message is executable")
+    return Check(
+        name,
+        Level.FAIL,
+        f"role {facts.role} cannot execute pg_logical_emit_message",
+        f"GRANT EXECUTE ON FUNCTION pg_logical_emit_message(boolean, text, text) TO {facts.role}",
+    )
+
+
+def check_privileges(facts: DatabaseFacts, settings: Settings) -> Check:
+    """The relay's role may read and mark the outbox (and delete, when configured)."""
+    name = "role privileges"
+    outbox = f"{settings.schema}.{settings.table}"
+    if not facts.outbox_exists:
+        return Check(name, Level.SKIP, f"{outbox} does not exist")
+    if not facts.schema_usage:
+        return Check(
+            name,
+            Level.FAIL,
+            f"role {facts.role} lacks USAGE on schema {settings.schema}",
+            f"GRANT USAGE ON SCHEMA {settings.schema} TO {facts.role}",
+        )
+    needed = {"SELECT": facts.can_select, "UPDATE": facts.can_update}
+    if settings.on_sent is OnSent.DELETE:
+        needed["DELETE"] = facts.can_delete
+    missing = [privilege for privilege, granted in needed.items() if not granted]
+    if missing:
+        return Check(
+            name,
+            Level.FAIL,
+            f"role {facts.role} lacks {', '.join(missing)} on {outbox}",
+            f"GRANT {', '.join(missing)} ON {outbox} TO {facts.role}",
+        )
+    if not facts.can_delete:
+        return Check(
+            name,
+            Level.WARN,
+            f"role {facts.role} lacks DELETE on {outbox} (purge needs it)",
+            f"GRANT DELETE ON {outbox} TO {facts.role}, or purge with another role",
+        )
+    return Check(name, Level.OK, f"role {facts.role} may read, mark and delete {outbox}")
+
+
+def check_broker(broker: BrokerFacts, settings: Settings) -> Check:
+    """A metadata request to the bootstrap servers is answered."""
+    name = "broker reachable"
+    if not broker.reachable:
+        return Check(
+            name,
+            Level.FAIL,
+            f"{settings.bootstrap_servers}: {broker.error}",
+            "check --bootstrap-servers, the network path and the Kafka security settings",
+        )
+    return Check(
+        name, Level.OK, f"{settings.bootstrap_servers}: {broker.brokers} broker(s) answered"
+    )
+
+
+def check_topics(broker: BrokerFacts, pending_topics: frozenset[str]) -> Check:
+    """Topics of pending events exist, or the cluster creates them on first use."""
+    name = "topics"
+    if not broker.reachable:
+        return Check(name, Level.SKIP, "broker unreachable")
+    missing = sorted(pending_topics - broker.topics)
+    if not missing:
+        if not pending_topics:
+            return Check(name, Level.OK, "no pending events")
+        return Check(name, Level.OK, f"all {len(pending_topics)} topic(s) of pending events exist")
+    shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")  # noqa: PLR2004
+    if broker.auto_create is True:
+        return Check(name, Level.OK, f"{shown} will be auto-created")
+    fix = f"create them (kafka-topics.sh --create --topic {missing[0]} ...)"
+    if broker.auto_create is False:
+        return Check(name, Level.FAIL, f"{shown} missing and auto-create is off", fix)
+    return Check(
+        name,
+        Level.WARN,
+        f"{shown} missing; auto-create unknown",
+        fix + " unless the cluster auto-creates topics",
+    )
+
+
+DATABASE_CHECKS: Final[tuple[Callable[[DatabaseFacts, Settings], Check], ...]] = (
+    check_migrations,
+    check_wal_level,
+    check_replication_privilege,
+    check_publication,
+    check_slot,
+    check_wal_retention,
+    check_heartbeat,
+    check_privileges,
+)
+DATABASE_CHECK_NAMES: Final = (
+    "migrations current",
+    "wal_level",
+    "replication privilege",
+    "publication",
+    "replication slot",
+    "WAL retention",
+    "heartbeat",
+    "role privileges",
+)
+
+
+def run(settings: Settings) -> list[Check]:
+    """Gather the facts and run every check, in checklist order."""
+    checks: list[Check] = []
+    facts: DatabaseFacts | None = None
+    if not settings.database_url:
+        checks.append(
+            Check(
+                "database reachable",
+                Level.FAIL,
+                "no database URL",
+                "set --database-url or RELAY_DATABASE_URL",
+            )
+        )
+    else:
+        try:
+            facts = database_facts(settings)
+        except psycopg.Error as exc:
+            checks.append(
+                Check(
+                    "database reachable",
+                    Level.FAIL,
+                    first_line(exc),
+                    "check --database-url, that PostgreSQL runs, and pg_hba.conf",
+                )
+            )
+        else:
+            checks.append(
+                Check(
+                    "database reachable",
+                    Level.OK,
+                    f"{facts.database} as {facts.role}",
+                )
+            )
+    if facts is None:
+        checks.extend(
+            Check(name, Level.SKIP, "database unreachable") for name in DATABASE_CHECK_NAMES
+        )
+    else:
+        checks.extend(check(facts, settings) for check in DATABASE_CHECKS)
+    broker = asyncio.run(broker_facts(settings))
+    checks.append(check_broker(broker, settings))
+    checks.append(check_topics(broker, facts.pending_topics if facts else frozenset()))
+    return checks
