@@ -1,0 +1,91 @@
+-- WAL mode: prerequisites, the slot, the hand-over from the table, marking rows sent.
+-- Placeholders in braces are quoted identifiers or literals (psycopg.sql), never text.
+
+-- name: server_settings
+SELECT current_setting('wal_level') AS wal_level,
+       (SELECT rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user)
+           AS can_replicate,
+       current_user AS role,
+       to_regclass({outbox_name}) IS NOT NULL AS outbox_exists
+
+-- name: publication
+SELECT p.pubinsert,
+       EXISTS (
+           SELECT 1 FROM pg_publication_tables t
+           WHERE t.pubname = p.pubname AND t.schemaname = %(schema)s AND t.tablename = %(table)s
+       ) AS covers_outbox
+FROM pg_publication p
+WHERE p.pubname = %(publication)s
+
+-- name: create_publication
+CREATE PUBLICATION {publication} FOR TABLE {outbox} WITH (publish = 'insert')
+
+-- name: slot_status
+SELECT s.slot_name,
+       s.plugin,
+       s.database,
+       s.database = current_database() AS in_this_database,
+       s.active,
+       s.active_pid,
+       s.wal_status,
+       s.restart_lsn::text AS restart_lsn,
+       s.confirmed_flush_lsn::text AS confirmed_flush_lsn,
+       pg_wal_lsn_diff(pg_current_wal_lsn(), s.restart_lsn)::bigint AS retained_bytes,
+       pg_wal_lsn_diff(pg_current_wal_lsn(), s.confirmed_flush_lsn)::bigint AS lag_bytes,
+       extract(epoch FROM r.flush_lag)::float8 AS flush_lag_seconds
+FROM pg_replication_slots s
+LEFT JOIN pg_stat_replication r ON r.pid = s.active_pid
+WHERE s.slot_name = %(slot_name)s
+
+-- name: drop_slot
+SELECT pg_drop_replication_slot(%(slot_name)s)
+
+-- name: heartbeat
+SELECT pg_logical_emit_message(false, 'outbox-relay-heartbeat', '')
+
+-- name: insert_position
+SELECT pg_current_wal_insert_lsn()::text
+
+-- name: pending_rows
+-- The hand-over and the fallback after a lost slot: the table is the truth.
+SELECT id, event_id::text, topic, key, payload::text, payload_bytes, headers::text,
+       event_type, aggregate_type, created_at, attempts
+FROM {outbox}
+WHERE state = 'pending' AND id > %(after_id)s
+ORDER BY id
+LIMIT %(limit)s
+
+-- name: parked_rows
+SELECT id, key FROM {outbox} WHERE state = 'parked'
+
+-- name: mark_sent
+UPDATE {outbox} SET state = 'sent', sent_at = now()
+WHERE id = ANY(%(ids)s) AND state = 'pending'
+
+-- name: delete_sent
+DELETE FROM {outbox} WHERE id = ANY(%(ids)s) AND state = 'pending'
+
+-- name: record_failure
+UPDATE {outbox} SET attempts = attempts + 1, last_error = %(error)s
+WHERE id = %(id)s
+
+-- name: park_row
+UPDATE {outbox} SET state = 'parked', parked_at = now(), last_error = %(error)s
+WHERE id = %(id)s AND state = 'pending'
+
+-- name: park_message
+-- A table-less event that cannot be published is parked as an outbox row: operators
+-- see and replay it like any parked row, and its key blocks later events the same way.
+-- The stream ignores the insert (its state is not 'pending').
+INSERT INTO {outbox} (event_id, topic, key, payload_bytes, headers, state, parked_at,
+                      last_error, attempts)
+VALUES (%(event_id)s, %(topic)s, %(key)s, %(value)s, %(headers)s, 'parked', now(),
+        %(error)s, %(attempts)s)
+ON CONFLICT (event_id) DO NOTHING
+
+-- name: hold_message
+-- A table-less event whose key waits behind a parked event becomes a pending row: the
+-- relay publishes it from the table once an operator releases the parked one.
+INSERT INTO {outbox} (event_id, topic, key, payload_bytes, headers)
+VALUES (%(event_id)s, %(topic)s, %(key)s, %(value)s, %(headers)s)
+ON CONFLICT (event_id) DO NOTHING

@@ -1,0 +1,1163 @@
+"""WAL mode: the outbox's inserts, read from a logical replication slot (pgoutput).
+
+How it fits together:
+
+* `relay.replication` holds the ``replication=database`` connection and its COPY BOTH
+  stream; `relay.pgoutput` decodes the bytes; `relay.slot` checks the server, creates
+  the publication and the slot, and reports the slot's lag.
+* `StreamDecoder` (pure) turns frames into `WalTransaction` values: the outbox events
+  of one committed transaction, in commit order. Only what the relay needs is decoded:
+  inserts of the outbox relation and, when a prefix is set, transactional messages.
+  Updates, deletes and truncates of the outbox are never published.
+* `AckTracker` (pure) decides what the slot may confirm: the end LSN of the last
+  transaction whose every event was acknowledged by Kafka *and* marked sent (or
+  deleted, or parked) in the table, in commit order. While nothing is pending it
+  confirms the server's position itself, so the slot moves with the rest of the WAL.
+* `WalSource` does the I/O and hands events to the relay loop.
+
+**The table stays the truth** (``--on-sent mark`` or ``delete``). The slot confirms a
+transaction only after its rows left the ``pending`` state, so a pending row is either
+still to be streamed (committed after the slot's confirmed position) or was missed by
+the stream (written before the slot existed, or the slot was lost). At every start the
+source first *sweeps* the pending rows visible in a snapshot, then streams: a row seen
+by both is published once (the stream skips ids the sweep published, until it passes
+the snapshot's WAL position). When the slot is created the sweep uses the snapshot
+the slot exported (``CREATE_REPLICATION_SLOT ... EXPORT_SNAPSHOT``), so nothing is
+seen twice and nothing falls between the two. With ``--on-sent none`` the table keeps
+no record of what was sent: there is no sweep, and a lost slot stops the relay.
+
+**Table-less events** (``--message-prefix``): a service may write
+``SELECT pg_logical_emit_message(true, '<prefix>', '<envelope>')`` in its transaction
+instead of an outbox row. The envelope is a UTF-8 JSON object::
+
+    {"topic": "orders",                 # required, a valid Kafka topic
+     "key": "order-42",                 # optional string: the partition key
+     "payload": {"any": "JSON"},        # the record value, sent as compact JSON,
+     "payload_base64": "AAEC",          #   or raw bytes (base64), or neither: null value
+     "headers": {"traceparent": "00-..."},  # optional, string values
+     "event_id": "8e0c...",             # optional UUID; default: uuid5 of slot and LSN
+     "event_type": "OrderPlaced", "aggregate_type": "order"}   # optional
+
+Without an ``event_id`` the relay derives one from the slot name and the message's LSN,
+so a message replayed after a crash carries the same id. Non-transactional messages
+with the prefix are ignored (they may belong to a transaction that rolled back). A
+message whose envelope cannot be read, or whose publishing keeps failing, is parked
+as an outbox row (``state = 'parked'``, raw content in ``payload_bytes``, the reason in
+``last_error``), so operators see and replay it like any parked event. A lost slot
+cannot bring table-less events back: they exist only in the WAL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import collections
+import contextlib
+import dataclasses
+import datetime as dt
+import json
+import re
+import struct
+import time
+import uuid
+from collections.abc import Iterable, Sequence
+from typing import Any, Final
+
+import psycopg
+import psycopg.errors
+import structlog
+from psycopg import sql
+
+from relay.config import OnSent, PoisonPolicy, Settings
+from relay.decisions import compact_json, kafka_headers, route_topic
+from relay.errors import DatabaseError, RelayError, first_line
+from relay.events import Acknowledgement, FailedEvent, OutboxEvent
+from relay.metrics import Metrics
+from relay.pgoutput import (
+    Insert,
+    LogicalMessage,
+    PgOutputError,
+    Relation,
+    decode_keepalive,
+    decode_message,
+    encode_standby_status,
+    format_lsn,
+    pg_timestamp_to_datetime,
+)
+from relay.replication import ReplicationConnection, ReplicationError
+from relay.slot import (
+    SlotStatus,
+    WalSetupError,
+    check_and_prepare,
+    check_slot,
+    fetch_slot_status,
+)
+from relay.slot import names as slot_names
+from relay.source import Backlog
+from relay.sql import query
+
+log = structlog.get_logger("relay.wal")
+
+#: Namespace of the event ids derived for table-less messages without one.
+MESSAGE_EVENT_ID_NAMESPACE: Final = uuid.UUID("5b0e6f3e-2f43-4a4e-9c61-0c7c2a1f0e55")
+#: Prefix of the relay's own heartbeat messages (never relayed).
+HEARTBEAT_PREFIX: Final = "outbox-relay-heartbeat"
+#: Topic under which an unreadable table-less message is parked (it named none).
+INVALID_MESSAGE_TOPIC: Final = "outbox-relay.invalid-messages"
+
+_XLOGDATA: Final = ord("w")
+_KEEPALIVE: Final = ord("k")
+_HEADER_SIZE: Final = 25  # tag, dataStart, walEnd, sendTime
+_BEGIN: Final = ord("B")
+_COMMIT: Final = ord("C")
+_INSERT: Final = ord("I")
+_RELATION: Final = ord("R")
+_MESSAGE: Final = ord("M")
+_TRUNCATE: Final = ord("T")
+_BEGIN_BODY: Final = struct.Struct(">QqI")
+_COMMIT_BODY: Final = struct.Struct(">BQQq")
+_RELATION_ID: Final = struct.Struct(">I")
+_TOPIC: Final = re.compile(r"^[a-zA-Z0-9._-]{1,249}$")
+
+#: The outbox columns the stream reads, by name.
+OUTBOX_COLUMNS: Final = (
+    "id",
+    "event_id",
+    "topic",
+    "key",
+    "payload",
+    "payload_bytes",
+    "headers",
+    "event_type",
+    "aggregate_type",
+    "created_at",
+    "state",
+    "attempts",
+)
+
+
+class EnvelopeError(ValueError):
+    """A table-less message's content is not a valid envelope."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RejectedMessage:
+    """A table-less message that cannot become an event; it is parked as it is."""
+
+    lsn: int
+    content: bytes
+    event_id: str
+    reason: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class WalTransaction:
+    """The outbox events of one committed transaction, in the order it wrote them."""
+
+    commit_lsn: int
+    #: The end of the commit record: what the slot confirms once the events are done.
+    end_lsn: int
+    commit_time: dt.datetime
+    events: tuple[OutboxEvent, ...]
+    rejected: tuple[RejectedMessage, ...] = ()
+
+
+# --- Events from rows and envelopes ---------------------------------------------------
+
+
+def message_event_id(slot_name: str, lsn: int) -> str:
+    """The event id of a table-less message without one: stable across replays."""
+    return str(uuid.uuid5(MESSAGE_EVENT_ID_NAMESPACE, f"{slot_name}/{format_lsn(lsn)}"))
+
+
+def _optional_str(envelope: dict[str, object], field: str) -> str | None:
+    value = envelope.get(field)
+    if value is None or isinstance(value, str):
+        return value
+    raise EnvelopeError(f"envelope field {field!r} must be a string")
+
+
+def _envelope_value(envelope: dict[str, object]) -> bytes | None:
+    if "payload_base64" in envelope:
+        if envelope.get("payload") is not None:
+            raise EnvelopeError("envelope has both payload and payload_base64")
+        encoded = envelope["payload_base64"]
+        if not isinstance(encoded, str):
+            raise EnvelopeError("envelope field 'payload_base64' must be a string")
+        try:
+            return base64.b64decode(encoded, validate=True)
+        except binascii.Error:
+            raise EnvelopeError("envelope payload_base64 is not valid base64") from None
+    if envelope.get("payload") is not None:
+        return json.dumps(envelope["payload"], separators=(",", ":"), ensure_ascii=False).encode()
+    return None
+
+
+def decode_envelope(
+    content: bytes,
+    *,
+    lsn: int,
+    commit_lsn: int,
+    commit_time: dt.datetime,
+    slot_name: str,
+    topic_template: str = "",
+) -> OutboxEvent:
+    """The event a table-less message carries (see the module docstring for the format).
+
+    Raises:
+        EnvelopeError: the content is not a valid envelope.
+
+    """
+    try:
+        envelope = json.loads(content)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise EnvelopeError(f"envelope is not UTF-8 JSON: {exc}") from None
+    if not isinstance(envelope, dict):
+        raise EnvelopeError("envelope must be a JSON object")
+    topic = envelope.get("topic")
+    if not isinstance(topic, str) or not _TOPIC.match(topic) or topic in {".", ".."}:
+        raise EnvelopeError(f"envelope topic {topic!r} is not a valid Kafka topic")
+    key = _optional_str(envelope, "key")
+    event_type = _optional_str(envelope, "event_type")
+    aggregate_type = _optional_str(envelope, "aggregate_type")
+    event_id = _optional_str(envelope, "event_id") or message_event_id(slot_name, lsn)
+    try:
+        event_id = str(uuid.UUID(event_id))
+    except ValueError:
+        raise EnvelopeError(f"envelope event_id {event_id!r} is not a UUID") from None
+    value = _envelope_value(envelope)
+    own = envelope.get("headers")
+    if own is not None and not isinstance(own, dict):
+        raise EnvelopeError("envelope headers must be a JSON object")
+    return OutboxEvent(
+        id=0,
+        event_id=event_id,
+        topic=route_topic(topic_template, topic, event_type, aggregate_type),
+        key=key,
+        value=value,
+        headers=kafka_headers(event_id, event_type, aggregate_type, own),
+        created_at=commit_time,
+        lsn=commit_lsn,
+    )
+
+
+def _text(value: object) -> str | None:
+    return value.decode() if isinstance(value, bytes) else None
+
+
+def _bytea(value: object) -> bytes | None:
+    if not isinstance(value, bytes):
+        return None
+    if not value.startswith(b"\\x"):
+        raise PgOutputError("bytea is not in hex format; set bytea_output = 'hex'")
+    return bytes.fromhex(value[2:].decode("ascii"))
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class OutboxShape:
+    """Where the columns the relay reads sit in the outbox relation's rows."""
+
+    relation_id: int
+    positions: tuple[int, ...]
+
+    @classmethod
+    def of(cls, relation: Relation) -> OutboxShape:
+        """The shape of `relation`; it must have every column in `OUTBOX_COLUMNS`.
+
+        Raises:
+            WalSetupError: a column is missing (the table is not an outbox table).
+
+        """
+        by_name = {column.name: i for i, column in enumerate(relation.columns)}
+        missing = [name for name in OUTBOX_COLUMNS if name not in by_name]
+        if missing:
+            raise WalSetupError(
+                f"{relation.namespace}.{relation.name} has no column {missing[0]}: "
+                "it is not an outbox table (run outbox-relay migrate)"
+            )
+        return cls(relation.relation_id, tuple(by_name[name] for name in OUTBOX_COLUMNS))
+
+
+def event_from_row(
+    shape: OutboxShape,
+    row: Sequence[object],
+    *,
+    commit_lsn: int,
+    topic_template: str = "",
+) -> OutboxEvent | None:
+    """The event of an inserted outbox row, or None when it was not inserted pending."""
+    (
+        p_id, p_event_id, p_topic, p_key, p_payload, p_payload_bytes, p_headers,
+        p_event_type, p_aggregate_type, p_created_at, p_state, p_attempts,
+    ) = shape.positions  # fmt: skip
+    if row[p_state] != b"pending":
+        return None
+    event_id = _text(row[p_event_id]) or ""
+    topic = _text(row[p_topic]) or ""
+    event_type = _text(row[p_event_type])
+    aggregate_type = _text(row[p_aggregate_type])
+    payload = row[p_payload]
+    value = (
+        compact_json(payload.decode())
+        if isinstance(payload, bytes)
+        else _bytea(row[p_payload_bytes])
+    )
+    raw_headers = row[p_headers]
+    own = (
+        json.loads(raw_headers) if isinstance(raw_headers, bytes) and raw_headers != b"{}" else None
+    )
+    created_at = row[p_created_at]
+    attempts = row[p_attempts]
+    return OutboxEvent(
+        id=int(row[p_id]),  # type: ignore[call-overload]
+        event_id=event_id,
+        topic=route_topic(topic_template, topic, event_type, aggregate_type),
+        key=_text(row[p_key]),
+        value=value,
+        headers=kafka_headers(event_id, event_type, aggregate_type, own),
+        created_at=(
+            dt.datetime.fromisoformat(created_at.decode())
+            if isinstance(created_at, bytes)
+            else None
+        ),
+        attempts=int(attempts) if isinstance(attempts, bytes) else 0,
+        lsn=commit_lsn,
+    )
+
+
+# --- The stream -----------------------------------------------------------------------
+
+
+class StreamDecoder:
+    """Turns replication frames into committed `WalTransaction` values. Pure, no I/O."""
+
+    def __init__(
+        self,
+        *,
+        schema: str,
+        table: str,
+        slot_name: str,
+        message_prefix: str = "",
+        topic_template: str = "",
+    ) -> None:
+        self.schema = schema
+        self.table = table
+        self.slot_name = slot_name
+        self.message_prefix = message_prefix
+        self.topic_template = topic_template
+        self.shape: OutboxShape | None = None
+        #: The server's end of WAL as last reported (keepalive or XLogData header).
+        self.wal_end = 0
+        #: Whether a keepalive asked for a status update since `take_reply_request`.
+        self.reply_requested = False
+        #: True between a Begin and its Commit.
+        self.in_transaction = False
+        self.truncated = 0
+        self._commit_lsn = 0
+        self._commit_time_us = 0
+        self._events: list[OutboxEvent] = []
+        self._rejected: list[RejectedMessage] = []
+
+    def take_reply_request(self) -> bool:
+        """Whether the server asked for a reply; resets the flag."""
+        requested, self.reply_requested = self.reply_requested, False
+        return requested
+
+    def feed(self, frames: Iterable[bytes], out: list[WalTransaction]) -> None:
+        """Decode `frames` in order; append every transaction that committed to `out`.
+
+        Raises:
+            PgOutputError: a frame is malformed.
+            WalSetupError: the outbox relation lacks a column the relay reads.
+
+        """
+        for frame in frames:
+            tag = frame[0]
+            if tag == _XLOGDATA:
+                self._xlogdata(frame, out)
+            elif tag == _KEEPALIVE:
+                keepalive = decode_keepalive(frame)
+                self.wal_end = max(self.wal_end, keepalive.wal_end)
+                if keepalive.reply_requested:
+                    self.reply_requested = True
+            else:
+                raise PgOutputError(f"unknown replication frame tag {tag:#04x}")
+
+    def _xlogdata(self, frame: bytes, out: list[WalTransaction]) -> None:
+        kind = frame[_HEADER_SIZE]
+        if kind == _INSERT:
+            (relation_id,) = _RELATION_ID.unpack_from(frame, _HEADER_SIZE + 1)
+            shape = self.shape
+            if shape is not None and relation_id == shape.relation_id:
+                insert = decode_message(frame, _HEADER_SIZE)
+                assert isinstance(insert, Insert)  # noqa: S101 - the tag said so
+                event = event_from_row(
+                    shape,
+                    insert.new,
+                    commit_lsn=self._commit_lsn,
+                    topic_template=self.topic_template,
+                )
+                if event is not None:
+                    self._events.append(event)
+        elif kind == _BEGIN:
+            self._commit_lsn, self._commit_time_us, _xid = _BEGIN_BODY.unpack_from(
+                frame, _HEADER_SIZE + 1
+            )
+            self.in_transaction = True
+        elif kind == _COMMIT:
+            _flags, commit_lsn, end_lsn, commit_time_us = _COMMIT_BODY.unpack_from(
+                frame, _HEADER_SIZE + 1
+            )
+            # Not the frame's walEnd: only keepalives say how far the server has sent.
+            self.wal_end = max(self.wal_end, end_lsn)
+            out.append(
+                WalTransaction(
+                    commit_lsn,
+                    end_lsn,
+                    pg_timestamp_to_datetime(commit_time_us),
+                    tuple(self._events),
+                    tuple(self._rejected),
+                )
+            )
+            self._events.clear()
+            self._rejected.clear()
+            self.in_transaction = False
+        elif kind == _RELATION:
+            relation = decode_message(frame, _HEADER_SIZE)
+            assert isinstance(relation, Relation)  # noqa: S101 - the tag said so
+            if relation.namespace == self.schema and relation.name == self.table:
+                self.shape = OutboxShape.of(relation)
+        elif kind == _MESSAGE:
+            message = decode_message(frame, _HEADER_SIZE)
+            assert isinstance(message, LogicalMessage)  # noqa: S101 - the tag said so
+            self._message(message)
+        elif kind == _TRUNCATE:
+            self.truncated += 1
+        # Updates and deletes (marking rows sent), Origin and Type: nothing to publish.
+
+    def _message(self, message: LogicalMessage) -> None:
+        prefix = self.message_prefix
+        if not prefix or message.prefix != prefix or not message.transactional:
+            return
+        commit_time = pg_timestamp_to_datetime(self._commit_time_us)
+        try:
+            event = decode_envelope(
+                message.content,
+                lsn=message.lsn,
+                commit_lsn=self._commit_lsn,
+                commit_time=commit_time,
+                slot_name=self.slot_name,
+                topic_template=self.topic_template,
+            )
+        except EnvelopeError as exc:
+            self._rejected.append(
+                RejectedMessage(
+                    message.lsn,
+                    message.content,
+                    message_event_id(self.slot_name, message.lsn),
+                    str(exc),
+                )
+            )
+            return
+        self._events.append(event)
+
+
+class AckTracker:
+    """Which WAL position the slot may confirm, given what is done. Pure, no I/O.
+
+    Transactions enter in commit order with the number of their events; `done` counts
+    events off (acknowledged by Kafka and settled in the table). `confirmable` is the
+    end LSN of the last transaction such that it and every earlier one are done.
+    """
+
+    def __init__(self, confirmed: int = 0) -> None:
+        # [commit_lsn, end_lsn, events left], oldest first.
+        self._open: collections.deque[list[int]] = collections.deque()
+        self._by_commit: dict[int, list[int]] = {}
+        self.confirmed = confirmed
+        self._pending_events = 0
+
+    def add(self, commit_lsn: int, end_lsn: int, events: int) -> None:
+        """Register a committed transaction with `events` events still to settle."""
+        entry = [commit_lsn, end_lsn, events]
+        self._open.append(entry)
+        if events:
+            self._by_commit[commit_lsn] = entry
+            self._pending_events += events
+
+    def done(self, commit_lsn: int, events: int = 1) -> None:
+        """Count `events` of the transaction that committed at `commit_lsn` as settled."""
+        entry = self._by_commit.get(commit_lsn)
+        if entry is None:
+            return  # swept rows (lsn 0) and transactions from before a reconnect
+        settled = min(events, entry[2])
+        entry[2] -= settled
+        self._pending_events -= settled
+        if entry[2] == 0:
+            del self._by_commit[commit_lsn]
+
+    @property
+    def idle(self) -> bool:
+        """True when no registered transaction has events left to settle."""
+        return self._pending_events == 0
+
+    @property
+    def pending_events(self) -> int:
+        """Events registered and not yet settled."""
+        return self._pending_events
+
+    def confirmable(self) -> int:
+        """Advance past every leading done transaction; the position safe to confirm."""
+        queue = self._open
+        while queue and queue[0][2] == 0:
+            end_lsn = queue.popleft()[1]
+            self.confirmed = max(self.confirmed, end_lsn)
+        return self.confirmed
+
+    def idle_position(self, server_position: int) -> None:
+        """With nothing open, the server's position is safe too (no bloat when idle)."""
+        if not self._open:
+            self.confirmed = max(self.confirmed, server_position)
+
+    def reset(self) -> None:
+        """Forget open transactions (a new stream will send them again)."""
+        self._open.clear()
+        self._by_commit.clear()
+        self._pending_events = 0
+
+
+# --- The source -----------------------------------------------------------------------
+
+#: Events decoded ahead of the loop; the stream is not read further while this many wait.
+MAX_QUEUED_EVENTS: Final = 50_000
+#: A standby status update goes at least this often (the server times out at 60 s).
+STATUS_INTERVAL_S: Final = 1.0
+#: After an acknowledgement the new position is sent at once unless one went this recently.
+STATUS_MIN_GAP_S: Final = 0.05
+#: How often parked rows are re-read, to notice events an operator released.
+PARKED_REFRESH_S: Final = 5.0
+#: How often the slot's lag is read from the server for metrics.
+LAG_REFRESH_S: Final = 5.0
+#: How often the slot's lag is logged.
+LAG_LOG_S: Final = 60.0
+#: Rows read per query by a sweep of pending rows.
+SWEEP_CHUNK: Final = 5000
+
+
+class SlotLostError(RelayError):
+    """The slot was lost and ``--on-sent none`` left no record of what was sent."""
+
+
+@dataclasses.dataclass(slots=True)
+class _Fetched:
+    """Events handed to the loop and not settled yet, in fetch order."""
+
+    events: list[OutboxEvent] = dataclasses.field(default_factory=list)
+    #: id() of events settled (sent or parked), and replacements of failed ones.
+    settled: set[int] = dataclasses.field(default_factory=set)
+    replaced: dict[int, OutboxEvent] = dataclasses.field(default_factory=dict)
+
+    def unsettled(self) -> list[OutboxEvent]:
+        settled, replaced = self.settled, self.replaced
+        return [replaced.get(id(e), e) for e in self.events if id(e) not in settled]
+
+    def prune(self) -> None:
+        # Drop the settled prefix so the list stays as long as what is in flight.
+        events, settled = self.events, self.settled
+        cut = 0
+        while cut < len(events) and id(events[cut]) in settled:
+            settled.discard(id(events[cut]))
+            cut += 1
+        if cut:
+            del events[:cut]
+        if not events:
+            settled.clear()
+            self.replaced.clear()
+
+    def clear(self) -> None:
+        self.events.clear()
+        self.settled.clear()
+        self.replaced.clear()
+
+
+class WalSource:
+    """`relay.source.Source` over a logical replication slot (see the module docstring)."""
+
+    def __init__(self, settings: Settings, *, metrics: Metrics | None = None) -> None:
+        self._settings = settings
+        self._metrics = metrics
+        self._names = slot_names(settings)
+        self._track_rows = settings.on_sent is not OnSent.NONE
+        self._park_keys = settings.poison is PoisonPolicy.PARK
+        self._conn: psycopg.AsyncConnection[Any] | None = None
+        self._sweep_conn: psycopg.AsyncConnection[Any] | None = None
+        self._replication: ReplicationConnection | None = None
+        self._decoder = self._new_decoder()
+        self._tracker = AckTracker()
+        self._queue: collections.deque[OutboxEvent] = collections.deque()
+        self._fetched = _Fetched()
+        self._reader: asyncio.Task[None] | None = None
+        self._side_tasks: list[asyncio.Task[None]] = []
+        self._broken: BaseException | None = None
+        self._has_events = asyncio.Event()
+        self._room = asyncio.Event()
+        self._room.set()
+        #: Ids the last sweep published: the stream skips them (they are in flight).
+        self._swept_ids: set[int] = set()
+        #: After a reconnect, transactions up to here were seen before: their rows
+        #: are either settled or pending (and then swept), never streamed again.
+        self._replay_until = 0
+        self._highest_end = 0
+        self._parked_ids: set[int] = set()
+        self._parked_keys: set[str] = set()
+        self._parked_checked_s = 0.0
+        self._last_status_s = 0.0
+        self._sent_confirmed = -1
+        self._oldest_commit: dict[int, dt.datetime] = {}
+        self._heartbeat_ok = True
+
+    def _new_decoder(self) -> StreamDecoder:
+        s = self._settings
+        return StreamDecoder(
+            schema=s.schema,
+            table=s.table,
+            slot_name=s.slot_name,
+            message_prefix=s.message_prefix,
+            topic_template=s.topic_template,
+        )
+
+    # -- Source protocol ------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Connect, check the server, create what is missing, sweep, start streaming."""
+        await self._connect()
+        self._side_tasks = [
+            asyncio.create_task(self._status_loop(), name="wal-status"),
+            asyncio.create_task(self._heartbeat_loop(), name="wal-heartbeat"),
+        ]
+
+    async def stop(self) -> None:
+        """Send the last confirmed position and disconnect; the slot stays."""
+        for task in self._side_tasks:
+            task.cancel()
+        for task in self._side_tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._side_tasks = []
+        with contextlib.suppress(ReplicationError):
+            self._send_status(force=True)
+        await self._disconnect()
+
+    async def fetch(self, max_events: int) -> Sequence[OutboxEvent]:
+        """The next events in commit order; reconnects first after a broken stream."""
+        if self._replication is None or (self._broken is not None and not self._queue):
+            await self._reconnect()
+        if self._track_rows and time.monotonic() - self._parked_checked_s > PARKED_REFRESH_S:
+            await self._refresh_parked()
+        queue = self._queue
+        count = min(max_events, len(queue))
+        if not count:
+            return ()
+        batch = [queue.popleft() for _ in range(count)]
+        if not queue:
+            self._has_events.clear()
+        if len(queue) < MAX_QUEUED_EVENTS:
+            self._room.set()
+        self._fetched.events.extend(batch)
+        return batch
+
+    async def wait(self, timeout_s: float) -> None:
+        """Return when events are queued or the stream broke, or after `timeout_s`."""
+        if self._queue or self._broken is not None:
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._has_events.wait(), timeout_s)
+
+    async def acknowledge(self, acknowledgement: Acknowledgement) -> None:
+        """Settle rows in the table, then let the slot confirm what is fully settled."""
+        conn = self._require_conn()
+        fetched = self._fetched
+        settled = fetched.settled
+        ids = [event.id for event in acknowledgement.sent if event.id]
+        try:
+            if ids and self._track_rows:
+                name = "delete_sent" if self._settings.on_sent is OnSent.DELETE else "mark_sent"
+                await conn.execute(query("wal", name, self._names), {"ids": ids})
+            for failed in acknowledgement.failed:
+                await self._record_failure(conn, failed)
+        except psycopg.Error as exc:
+            raise DatabaseError(f"cannot settle events: {first_line(exc)}") from None
+        done: collections.Counter[int] = collections.Counter()
+        for event in acknowledgement.sent:
+            settled.add(id(event))
+            done[event.lsn] += 1
+        for failed in acknowledgement.failed:
+            if failed.park:
+                settled.add(id(failed.event))
+                done[failed.event.lsn] += 1
+            else:
+                fetched.replaced[id(failed.event)] = dataclasses.replace(
+                    failed.event, attempts=failed.attempts
+                )
+        for lsn, count in done.items():
+            if lsn:
+                self._tracker.done(lsn, count)
+        fetched.prune()
+        self._send_status()
+
+    async def rewind(self) -> None:
+        """Put every fetched, unsettled event back in front of the queue, in order."""
+        unsettled = self._fetched.unsettled()
+        self._fetched.clear()
+        self._queue.extendleft(reversed(unsettled))
+        if self._queue:
+            self._has_events.set()
+
+    async def backlog(self) -> Backlog:
+        """Events decoded and not yet fetched; the slot's lag goes to the metrics."""
+        oldest = self._queue[0].created_at if self._queue else None
+        return Backlog(pending_events=len(self._queue), oldest_unsent_at=oldest)
+
+    # -- Connecting, the slot, the hand-over ----------------------------------------
+
+    def _require_conn(self) -> psycopg.AsyncConnection[Any]:
+        if self._conn is None or self._conn.closed:
+            raise DatabaseError("not connected to PostgreSQL")
+        return self._conn
+
+    async def _connect(self) -> None:
+        settings = self._settings
+        try:
+            self._conn = await psycopg.AsyncConnection.connect(
+                settings.conninfo, autocommit=True, application_name="outbox-relay"
+            )
+            self._sweep_conn = await psycopg.AsyncConnection.connect(
+                settings.conninfo, autocommit=True, application_name="outbox-relay"
+            )
+        except psycopg.Error as exc:
+            await self._disconnect()
+            raise DatabaseError(f"cannot connect to PostgreSQL: {first_line(exc)}") from None
+        try:
+            await check_and_prepare(self._conn, settings)
+            status = await fetch_slot_status(self._conn, settings.slot_name)
+            if status is not None:
+                check_slot(status)
+            self._replication = await ReplicationConnection.connect(settings.conninfo)
+            await self._open_stream(status)
+        except psycopg.Error as exc:
+            await self._disconnect()
+            raise DatabaseError(f"cannot start streaming: {first_line(exc)}") from None
+        except RelayError:
+            await self._disconnect()
+            raise
+        self._broken = None
+        self._reader = asyncio.create_task(self._read(), name="wal-reader")
+
+    async def _open_stream(self, status: SlotStatus | None) -> None:
+        settings = self._settings
+        replication = self._replication
+        assert replication is not None  # noqa: S101 - set by the caller
+        assert self._conn is not None  # noqa: S101
+        if status is not None and status.lost:
+            if not self._track_rows:
+                raise SlotLostError(
+                    f"replication slot {settings.slot_name} lost WAL it needed and "
+                    "--on-sent none keeps no record of what was sent: events may be missing; "
+                    f"drop the slot (outbox-relay slot drop) to start over"
+                )
+            log.error(
+                "replication slot lost: its WAL was removed; recreating it and "
+                "publishing pending rows from the table",
+                slot=settings.slot_name,
+            )
+            await self._conn.execute(
+                query("wal", "drop_slot", {}), {"slot_name": settings.slot_name}
+            )
+            status = None
+        if status is None:
+            if self._had_slot:
+                if not self._track_rows:
+                    raise SlotLostError(
+                        f"replication slot {settings.slot_name} disappeared and --on-sent none "
+                        "keeps no record of what was sent: events may be missing"
+                    )
+                log.error(
+                    "replication slot disappeared; recreating it and publishing pending "
+                    "rows from the table",
+                    slot=settings.slot_name,
+                )
+            created = await replication.create_slot(
+                settings.slot_name, export_snapshot=self._track_rows
+            )
+            log.info(
+                "replication slot created",
+                slot=settings.slot_name,
+                consistent_point=format_lsn(created.consistent_point),
+            )
+            if created.snapshot_name is not None:
+                await self._sweep(created.snapshot_name)
+            start_lsn = created.consistent_point
+        else:
+            if self._track_rows:
+                await self._sweep(None)
+            start_lsn = status.confirmed_flush_lsn or 0
+        self._had_slot = True
+        self._tracker = AckTracker(start_lsn)
+        self._sent_confirmed = start_lsn
+        await replication.start(
+            settings.slot_name,
+            settings.publication,
+            start_lsn,
+            messages=True,
+        )
+        log.info(
+            "streaming the outbox from the WAL",
+            slot=settings.slot_name,
+            publication=settings.publication,
+            start_lsn=format_lsn(start_lsn),
+            swept=len(self._swept_ids),
+        )
+
+    _had_slot = False
+
+    async def _sweep(self, snapshot_name: str | None) -> None:
+        """Queue the pending rows visible in a snapshot (the exported one, or a new one)."""
+        conn = self._sweep_conn
+        assert conn is not None  # noqa: S101 - connected by the caller
+        outstanding = {event.id for event in self._queue if event.id}
+        outstanding.update(event.id for event in self._fetched.unsettled() if event.id)
+        swept: list[OutboxEvent] = []
+        after_id = 0
+        async with conn.transaction():
+            await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            if snapshot_name is not None:
+                await conn.execute(
+                    sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot_name))
+                )
+            parked = await self._read_parked(conn)
+            parked_keys = {key for key in parked.values() if key is not None}
+            while True:
+                cursor = await conn.execute(
+                    query("wal", "pending_rows", self._names),
+                    {"after_id": after_id, "limit": SWEEP_CHUNK},
+                )
+                rows = await cursor.fetchall()
+                for row in rows:
+                    event = self._event_from_table(row)
+                    if event.id in outstanding:
+                        continue
+                    if self._park_keys and event.key is not None and event.key in parked_keys:
+                        continue
+                    swept.append(event)
+                if len(rows) < SWEEP_CHUNK:
+                    break
+                after_id = rows[-1][0]
+        self._parked_ids, self._parked_keys = parked_state(parked)
+        self._parked_checked_s = time.monotonic()
+        self._swept_ids.update(event.id for event in swept)
+        self._queue.extend(swept)
+        if swept:
+            self._has_events.set()
+            log.info("pending rows queued from the table", events=len(swept))
+
+    async def _read_parked(self, conn: psycopg.AsyncConnection[Any]) -> dict[int, str | None]:
+        cursor = await conn.execute(query("wal", "parked_rows", self._names))
+        return {row[0]: row[1] for row in await cursor.fetchall()}
+
+    async def _refresh_parked(self) -> None:
+        """Re-read parked rows; when an operator released some, sweep their rows again."""
+        conn = self._require_conn()
+        try:
+            parked = await self._read_parked(conn)
+        except psycopg.Error as exc:
+            raise DatabaseError(f"cannot read parked events: {first_line(exc)}") from None
+        self._parked_checked_s = time.monotonic()
+        released = self._parked_ids - parked.keys()
+        self._parked_ids, self._parked_keys = parked_state(parked)
+        if released:
+            log.info("parked events released; publishing pending rows again", events=len(released))
+            try:
+                await self._sweep(None)
+            except psycopg.Error as exc:
+                raise DatabaseError(f"cannot read pending events: {first_line(exc)}") from None
+
+    def _event_from_table(self, row: Sequence[Any]) -> OutboxEvent:
+        (
+            id_, event_id, topic, key, payload, payload_bytes, headers,
+            event_type, aggregate_type, created_at, attempts,
+        ) = row  # fmt: skip
+        value = compact_json(payload) if payload is not None else payload_bytes
+        return OutboxEvent(
+            id=id_,
+            event_id=event_id,
+            topic=route_topic(self._settings.topic_template, topic, event_type, aggregate_type),
+            key=key,
+            value=bytes(value) if value is not None else None,
+            headers=kafka_headers(
+                event_id, event_type, aggregate_type, json.loads(headers) if headers else None
+            ),
+            created_at=created_at,
+            attempts=attempts,
+        )
+
+    async def _reconnect(self) -> None:
+        if self._broken is not None:
+            log.warning("replication stream broke; reconnecting", error=first_line(self._broken))
+        await self._disconnect()
+        # What the old stream delivered comes again: forget it, the table and the
+        # slot say what is still due.
+        self._replay_until = max(self._replay_until, self._highest_end)
+        self._queue.clear()
+        self._has_events.clear()
+        self._room.set()
+        self._swept_ids.clear()
+        self._decoder = self._new_decoder()
+        await self._connect()
+
+    async def _disconnect(self) -> None:
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await reader
+        for name in ("_replication", "_conn", "_sweep_conn"):
+            conn = getattr(self, name)
+            setattr(self, name, None)
+            if conn is not None:
+                with contextlib.suppress(Exception):
+                    await conn.close()
+
+    # -- The stream ---------------------------------------------------------------------
+
+    async def _read(self) -> None:
+        replication = self._replication
+        assert replication is not None  # noqa: S101 - started by _connect
+        decoder = self._decoder
+        frames: list[bytes] = []
+        transactions: list[WalTransaction] = []
+        try:
+            while True:
+                if len(self._queue) >= MAX_QUEUED_EVENTS:
+                    self._room.clear()
+                    await self._room.wait()
+                if not replication.read_frames(frames):
+                    await replication.wait_readable(STATUS_INTERVAL_S)
+                    continue
+                decoder.feed(frames, transactions)
+                frames.clear()
+                if transactions:
+                    await self._accept(transactions)
+                    transactions.clear()
+                if decoder.truncated:
+                    log.warning("the outbox table was truncated; its rows are gone")
+                    decoder.truncated = 0
+                if decoder.reply_requested:
+                    self._send_status(force=True)
+        except (ReplicationError, PgOutputError, WalSetupError) as exc:
+            self._broken = exc
+            self._has_events.set()
+            log.warning("replication stream stopped", error=first_line(exc))
+
+    async def _accept(self, transactions: list[WalTransaction]) -> None:
+        """Queue the events of committed transactions and register them for confirming."""
+        queue = self._queue
+        tracker = self._tracker
+        swept = self._swept_ids
+        replay_until = self._replay_until
+        park_keys = self._park_keys and self._parked_keys
+        for transaction in transactions:
+            self._highest_end = max(self._highest_end, transaction.end_lsn)
+            if transaction.rejected:
+                await self._park_rejected(transaction.rejected)
+            events = transaction.events
+            if events and (swept or park_keys or transaction.commit_lsn <= replay_until):
+                events = await self._filter(transaction)
+            tracker.add(transaction.commit_lsn, transaction.end_lsn, len(events))
+            if events:
+                self._oldest_commit.setdefault(transaction.commit_lsn, transaction.commit_time)
+                queue.extend(events)
+        if queue:
+            self._has_events.set()
+
+    async def _filter(self, transaction: WalTransaction) -> tuple[OutboxEvent, ...]:
+        kept = []
+        replayed = transaction.commit_lsn <= self._replay_until
+        for event in transaction.events:
+            if event.id and (replayed or event.id in self._swept_ids):
+                continue  # settled already, or pending and swept from the table
+            if self._park_keys and event.key is not None and event.key in self._parked_keys:
+                # It waits behind the parked event. A row stays pending in the table
+                # (the sweep after the release publishes it); a table-less event
+                # becomes such a row.
+                if not event.id:
+                    await self._hold_message(event)
+                continue
+            kept.append(event)
+        return tuple(kept)
+
+    async def _hold_message(self, event: OutboxEvent) -> None:
+        conn = self._require_conn()
+        own = {name: value.decode(errors="replace") for name, value in event.headers[1:]}
+        try:
+            await conn.execute(
+                query("wal", "hold_message", self._names),
+                {
+                    "event_id": event.event_id,
+                    "topic": event.topic,
+                    "key": event.key,
+                    "value": event.value,
+                    "headers": json.dumps(own),
+                },
+            )
+        except psycopg.Error as exc:
+            raise ReplicationError(f"cannot hold a table-less event: {first_line(exc)}") from None
+
+    async def _park_rejected(self, rejected: Sequence[RejectedMessage]) -> None:
+        conn = self._require_conn()
+        for message in rejected:
+            log.error(
+                "unreadable table-less event parked",
+                lsn=format_lsn(message.lsn),
+                event_id=message.event_id,
+                error=message.reason,
+            )
+            try:
+                await conn.execute(
+                    query("wal", "park_message", self._names),
+                    {
+                        "event_id": message.event_id,
+                        "topic": INVALID_MESSAGE_TOPIC,
+                        "key": None,
+                        "value": message.content,
+                        "headers": "{}",
+                        "error": message.reason,
+                        "attempts": 0,
+                    },
+                )
+            except psycopg.Error as exc:
+                raise ReplicationError(
+                    f"cannot park a table-less event: {first_line(exc)}"
+                ) from None
+
+    async def _record_failure(
+        self, conn: psycopg.AsyncConnection[Any], failed: FailedEvent
+    ) -> None:
+        event = failed.event
+        error = failed.failure.error
+        if event.id:
+            await conn.execute(
+                query("wal", "record_failure", self._names), {"id": event.id, "error": error}
+            )
+            if failed.park:
+                await conn.execute(
+                    query("wal", "park_row", self._names), {"id": event.id, "error": error}
+                )
+        elif failed.park:
+            own = {name: value.decode(errors="replace") for name, value in event.headers[1:]}
+            await conn.execute(
+                query("wal", "park_message", self._names),
+                {
+                    "event_id": event.event_id,
+                    "topic": event.topic,
+                    "key": event.key,
+                    "value": event.value,
+                    "headers": json.dumps(own),
+                    "error": error,
+                    "attempts": failed.attempts,
+                },
+            )
+        if failed.park and event.key is not None:
+            self._parked_keys.add(event.key)
+
+    # -- Confirming, heartbeats, lag ------------------------------------------------------
+
+    def _send_status(self, *, force: bool = False) -> None:
+        replication = self._replication
+        if replication is None or not replication.streaming or self._broken is not None:
+            return
+        tracker = self._tracker
+        confirmed = tracker.confirmable()
+        decoder = self._decoder
+        if not decoder.in_transaction and tracker.idle and not self._queue:
+            # Nothing of ours is open: the server's position is safe too, so the slot
+            # follows the WAL even when only other tables are written.
+            tracker.confirmable()
+            tracker.idle_position(decoder.wal_end)
+            confirmed = tracker.confirmed
+        now = time.monotonic()
+        if not force and (
+            confirmed == self._sent_confirmed or now - self._last_status_s < STATUS_MIN_GAP_S
+        ):
+            return
+        replication.send(
+            encode_standby_status(
+                max(decoder.wal_end, confirmed),
+                confirmed,
+                confirmed,
+                now=dt.datetime.now(dt.UTC),
+            )
+        )
+        self._last_status_s = now
+        self._sent_confirmed = confirmed
+        for lsn in [lsn for lsn in self._oldest_commit if lsn < confirmed]:
+            del self._oldest_commit[lsn]
+
+    async def _status_loop(self) -> None:
+        last_lag_s = 0.0
+        last_log_s = time.monotonic()
+        while True:
+            await asyncio.sleep(STATUS_INTERVAL_S)
+            with contextlib.suppress(ReplicationError):
+                self._send_status(force=True)
+            now = time.monotonic()
+            if now - last_lag_s >= LAG_REFRESH_S:
+                last_lag_s = now
+                await self._observe_lag(log_it=now - last_log_s >= LAG_LOG_S)
+                if now - last_log_s >= LAG_LOG_S:
+                    last_log_s = now
+
+    async def _observe_lag(self, *, log_it: bool) -> None:
+        conn = self._conn
+        if conn is None or conn.closed:
+            return
+        try:
+            status = await fetch_slot_status(conn, self._settings.slot_name)
+        except psycopg.Error:
+            return
+        lag_s = 0.0
+        if self._oldest_commit:
+            oldest = self._oldest_commit[min(self._oldest_commit)]
+            lag_s = max(0.0, (dt.datetime.now(dt.UTC) - oldest).total_seconds())
+        if self._metrics is not None:
+            self._metrics.wal_lag_seconds.set(lag_s)
+            if status is not None and status.retained_bytes is not None:
+                self._metrics.wal_retained_bytes.set(status.retained_bytes)
+        if log_it and status is not None:
+            log.info(
+                "replication slot lag",
+                slot=status.slot_name,
+                retained_bytes=status.retained_bytes,
+                lag_bytes=status.lag_bytes,
+                lag_seconds=round(lag_s, 3),
+                confirmed_flush_lsn=format_lsn(status.confirmed_flush_lsn or 0),
+            )
+
+    async def _heartbeat_loop(self) -> None:
+        while self._heartbeat_ok:
+            await asyncio.sleep(self._settings.heartbeat_interval)
+            conn = self._conn
+            if conn is None or conn.closed:
+                continue
+            try:
+                await conn.execute(query("wal", "heartbeat", {}))
+            except psycopg.errors.InsufficientPrivilege:
+                log.warning("cannot write WAL heartbeats (pg_logical_emit_message not allowed)")
+                self._heartbeat_ok = False
+            except psycopg.Error as exc:
+                log.debug("heartbeat failed", error=first_line(exc))
+
+
+def parked_state(parked: dict[int, str | None]) -> tuple[set[int], set[str]]:
+    """Parked row ids, and the keys they hold back."""
+    return set(parked), {key for key in parked.values() if key is not None}
