@@ -208,16 +208,21 @@ class EmbeddedBroker:
     def start(self) -> None:
         """Start the broker and wait until it listens."""
         url = f"tcp://127.0.0.1:{self.port}"
-        output = self.log_file.open("ab") if self.log_file else subprocess.DEVNULL
-        self._process = subprocess.Popen(  # noqa: S603
-            [
-                broker_binary(), "broker", "--listener-url", url,
-                "--advertised-listener-url", url, "--storage-engine", "memory://tansu/",
-            ],
-            stdout=output,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )  # fmt: skip
+        output = self.log_file.open("ab") if self.log_file else None
+        try:
+            self._process = subprocess.Popen(  # noqa: S603
+                [
+                    broker_binary(), "broker", "--listener-url", url,
+                    "--advertised-listener-url", url, "--storage-engine", "memory://tansu/",
+                ],
+                stdout=output or subprocess.DEVNULL,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )  # fmt: skip
+        finally:
+            # The broker holds its own copy of the descriptor.
+            if output is not None:
+                output.close()
         _wait_for_port(self.port, self._process, "the broker")
 
     def stop(self) -> None:
