@@ -18,9 +18,9 @@ from typing import Any, Final
 import psycopg
 from psycopg.rows import dict_row
 
-from relay import admin, migrate
+from relay import admin, decisions, migrate, publisher
 from relay.config import Mode, OnSent, Settings
-from relay.errors import first_line
+from relay.errors import ConfigError, first_line
 
 BROKER_TIMEOUT_S: Final = 5.0
 #: Warn when the WAL a slot may still retain before it is invalidated drops below this
@@ -96,17 +96,6 @@ class BrokerFacts:
     auto_create: bool | None = None
 
 
-def route(
-    settings: Settings, topic: str, event_type: str | None, aggregate_type: str | None
-) -> str:
-    """The topic an event goes to, after ``settings.topic_template``."""
-    if not settings.topic_template:
-        return topic
-    return settings.topic_template.format(
-        topic=topic, event_type=event_type or "", aggregate_type=aggregate_type or ""
-    )
-
-
 def database_facts(settings: Settings) -> DatabaseFacts:
     """Read every database fact the checks need (raises psycopg errors)."""
     with psycopg.connect(
@@ -137,7 +126,10 @@ def database_facts(settings: Settings) -> DatabaseFacts:
         if outbox_exists and privileges.get("can_select"):
             rows = cursor.execute(admin.named_query(settings, "pending_topics")).fetchall()
             pending_topics = frozenset(
-                route(settings, r["topic"], r["event_type"], r["aggregate_type"]) for r in rows
+                decisions.route_topic(
+                    settings.topic_template, r["topic"], r["event_type"], r["aggregate_type"]
+                )
+                for r in rows
             )
         return DatabaseFacts(
             role=server["role"],
@@ -162,27 +154,25 @@ def database_facts(settings: Settings) -> DatabaseFacts:
         )
 
 
-def kafka_client_options(settings: Settings) -> dict[str, Any]:
-    """The aiokafka client options (address, security) from the settings."""
-    options: dict[str, Any] = {
-        "bootstrap_servers": settings.bootstrap_servers,
-        "client_id": f"{settings.kafka_client_id}-doctor",
-        "request_timeout_ms": int(BROKER_TIMEOUT_S * 1000),
-        "security_protocol": settings.kafka_security_protocol,
+#: The producer options an admin client shares: where the cluster is and how to log in.
+_CLIENT_OPTIONS: Final = frozenset(
+    {
+        "bootstrap_servers",
+        "security_protocol",
+        "ssl_context",
+        "sasl_mechanism",
+        "sasl_plain_username",
+        "sasl_plain_password",
     }
-    if settings.kafka_security_protocol in {"SSL", "SASL_SSL"}:
-        from aiokafka.helpers import create_ssl_context
+)
 
-        options["ssl_context"] = create_ssl_context(
-            cafile=settings.kafka_ssl_cafile or None,
-            certfile=settings.kafka_ssl_certfile or None,
-            keyfile=settings.kafka_ssl_keyfile or None,
-            password=settings.kafka_ssl_password or None,
-        )
-    if settings.kafka_security_protocol.startswith("SASL"):
-        options["sasl_mechanism"] = settings.kafka_sasl_mechanism or "PLAIN"
-        options["sasl_plain_username"] = settings.kafka_sasl_username
-        options["sasl_plain_password"] = settings.kafka_sasl_password
+
+def kafka_client_options(settings: Settings) -> dict[str, Any]:
+    """The aiokafka admin client options: the relay producer's address and security."""
+    producer = publisher.producer_options(settings)
+    options = {key: value for key, value in producer.items() if key in _CLIENT_OPTIONS}
+    options["client_id"] = f"{settings.kafka_client_id}-doctor"
+    options["request_timeout_ms"] = int(BROKER_TIMEOUT_S * 1000)
     return options
 
 
@@ -192,7 +182,11 @@ async def broker_facts(settings: Settings, timeout_s: float = BROKER_TIMEOUT_S) 
     from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
     from aiokafka.errors import KafkaError
 
-    client = AIOKafkaAdminClient(**kafka_client_options(settings))
+    try:
+        options = kafka_client_options(settings)
+    except ConfigError as exc:
+        return BrokerFacts(reachable=False, error=str(exc))
+    client = AIOKafkaAdminClient(**options)
     try:
         await asyncio.wait_for(client.start(), timeout_s)
         topics = await asyncio.wait_for(client.list_topics(), timeout_s)
@@ -205,7 +199,7 @@ async def broker_facts(settings: Settings, timeout_s: float = BROKER_TIMEOUT_S) 
     brokers = cluster.get("brokers") or []
     auto_create = None
     if brokers:
-        client = AIOKafkaAdminClient(**kafka_client_options(settings))
+        client = AIOKafkaAdminClient(**options)
         # Not every Kafka-protocol server answers DescribeConfigs: unknown is fine.
         with contextlib.suppress(Exception):
             await asyncio.wait_for(client.start(), timeout_s)
