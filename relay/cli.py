@@ -11,6 +11,7 @@ from relay.config import Settings
 from relay.demo import demo_command
 from relay.errors import ConfigError
 from relay.options import ErrorReportingGroup, with_settings
+from relay.run import run_command
 
 
 @click.group(cls=ErrorReportingGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -80,6 +81,7 @@ def migrate_command(settings: Settings, *, print_sql: bool) -> None:
 
 
 main.add_command(demo_command)
+main.add_command(run_command)
 
 
 for _command in admin_cli.COMMANDS:

@@ -1,0 +1,155 @@
+"""Leadership: one active relay per outbox, the others hot standbys.
+
+The leader holds a session-level advisory lock (``pg_try_advisory_lock``) on a dedicated
+connection. PostgreSQL releases the lock the moment that session ends: the leader
+exiting, being killed (its socket closes), or losing its connection. Standbys try to take
+the lock every `RETRY_INTERVAL_S`, so one takes over within a few seconds.
+
+A leader that loses its connection loses the lock with it; it notices within
+`CHECK_INTERVAL_S` (a ``SELECT 1`` on the lock connection, bounded by `CHECK_TIMEOUT_S`)
+and stops relaying. Between the loss and the notice, the old leader may still publish
+the batch in flight while the new one starts: those events can be published twice (a
+crash window, like a kill). TCP keepalives on both ends bound how long a leader cut off
+by the network keeps the lock on the server.
+
+Both modes use it: poll mode so two relays never publish the same rows, WAL mode so a
+standby is ready when the slot's consumer dies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any, Final
+
+import psycopg
+import psycopg.conninfo
+import structlog
+
+from relay.errors import DatabaseError, first_line
+from relay.poll import APPLICATION_NAME, CONNECT_TIMEOUT_S
+
+log = structlog.get_logger("relay.leadership")
+
+RETRY_INTERVAL_S: Final = 1.0
+CHECK_INTERVAL_S: Final = 1.0
+CHECK_TIMEOUT_S: Final = 10.0
+#: libpq and server-side keepalives: a silent peer is declared dead after ~11 s.
+_KEEPALIVES: Final = {
+    "keepalives": 1,
+    "keepalives_idle": 5,
+    "keepalives_interval": 2,
+    "keepalives_count": 3,
+}
+_SERVER_KEEPALIVES: Final = (
+    "SET tcp_keepalives_idle = 5",
+    "SET tcp_keepalives_interval = 2",
+    "SET tcp_keepalives_count = 3",
+)
+
+
+class Leadership:
+    """The advisory-lock leadership of one outbox.
+
+    Usage::
+
+        leadership = Leadership(conninfo, lock_id)
+        while await leadership.acquire(stop):   # False once `stop` is set
+            ...relay until leadership.lost is set or stop...
+            await leadership.release()
+    """
+
+    def __init__(
+        self,
+        conninfo: str,
+        lock_id: int,
+        *,
+        retry_interval_s: float = RETRY_INTERVAL_S,
+        check_interval_s: float = CHECK_INTERVAL_S,
+    ) -> None:
+        self._conninfo = psycopg.conninfo.make_conninfo(
+            conninfo,
+            application_name=f"{APPLICATION_NAME} leadership",
+            connect_timeout=CONNECT_TIMEOUT_S,
+            **_KEEPALIVES,
+        )
+        self.lock_id = lock_id
+        self._retry_interval_s = retry_interval_s
+        self._check_interval_s = check_interval_s
+        self._conn: psycopg.AsyncConnection[Any] | None = None
+        self._watch: asyncio.Task[None] | None = None
+        #: Set when leadership held by this process was lost.
+        self.lost = asyncio.Event()
+
+    @property
+    def held(self) -> bool:
+        """True while this process is the leader, as far as it knows."""
+        return self._conn is not None and not self.lost.is_set()
+
+    async def acquire(self, stop: asyncio.Event) -> bool:
+        """Wait until this process is the leader (True), or until `stop` is set (False)."""
+        waiting_logged = False
+        while not stop.is_set():
+            try:
+                if await self._try_lock():
+                    log.info("leadership acquired", lock_id=self.lock_id)
+                    self.lost.clear()
+                    self._watch = asyncio.create_task(self._check(), name="leadership-check")
+                    return True
+                if not waiting_logged:
+                    log.info("standing by: another relay is the leader", lock_id=self.lock_id)
+                    waiting_logged = True
+            except DatabaseError as exc:
+                log.warning("cannot take leadership", error=str(exc))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self._retry_interval_s)
+        return False
+
+    async def _try_lock(self) -> bool:
+        try:
+            if self._conn is None or self._conn.closed:
+                self._conn = await psycopg.AsyncConnection.connect(self._conninfo, autocommit=True)
+                for statement in _SERVER_KEEPALIVES:
+                    await self._conn.execute(statement)
+            cursor = await self._conn.execute("SELECT pg_try_advisory_lock(%s)", (self.lock_id,))
+            row = await cursor.fetchone()
+        except psycopg.Error as exc:
+            await self._close()
+            raise DatabaseError(f"leadership check failed: {first_line(exc)}") from None
+        return bool(row and row[0])
+
+    async def _check(self) -> None:
+        """Watch the lock connection; set `lost` when it stops answering."""
+        while True:
+            await asyncio.sleep(self._check_interval_s)
+            conn = self._conn
+            if conn is None:
+                return
+            try:
+                await asyncio.wait_for(conn.execute("SELECT 1"), CHECK_TIMEOUT_S)
+            except (psycopg.Error, TimeoutError) as exc:
+                log.error(  # noqa: TRY400 - the reason fits one line; no traceback
+                    "leadership lost: the lock connection failed",
+                    lock_id=self.lock_id,
+                    error=first_line(exc) if str(exc) else type(exc).__name__,
+                )
+                self.lost.set()
+                await self._close()
+                return
+
+    async def release(self) -> None:
+        """Give up leadership (closing the session releases the lock)."""
+        if self._watch is not None:
+            self._watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch
+            self._watch = None
+        if self._conn is not None:
+            log.info("leadership released", lock_id=self.lock_id)
+        await self._close()
+
+    async def _close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(psycopg.Error):
+                await conn.close()

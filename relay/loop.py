@@ -1,0 +1,308 @@
+"""The relay loop: fetch, publish, acknowledge, in a pipeline, in order.
+
+It decides nothing itself (see `relay.decisions`) and does no I/O itself: it moves
+batches between a `Source` and a `Publisher`, and keeps `Metrics` and `Health` current.
+It imports neither psycopg nor aiokafka.
+
+The pipeline, for batches N-1, N, N+1::
+
+    fetch N+1  ─┐
+    publish N  ─┼─ run at the same time
+    mark N-1   ─┘
+
+Publishing is one batch at a time: batch N+1 goes to Kafka only once every event of
+batch N was acknowledged or failed. That is what keeps per-key order simple: when an
+event of key K fails in batch N, no later event of K has been sent yet; the fetched
+batch N+1 is discarded, the source rewinds, and the retry starts from the failed event.
+(Kafka itself takes one produce request per broker connection at a time from aiokafka,
+so overlapping two publishes would gain little.) Fetching and marking overlap with it.
+
+Duplicate windows, honestly: an event Kafka acknowledged is published again when its
+acknowledgement did not reach the database — the relay was killed or lost its
+connection between the broker's ack and the mark (at most the batches in flight: the
+one being published and up to `MAX_PENDING_ACKS` being marked), or shutdown timed out,
+or leadership moved while a batch was in flight. Every record carries ``event_id``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import dataclasses
+import datetime as dt
+import random
+import time
+from collections.abc import Callable, Sequence
+from typing import Final
+
+import structlog
+
+from relay import decisions
+from relay.errors import DatabaseError, first_line
+from relay.events import Acknowledgement, OutboxEvent
+from relay.health import Health
+from relay.metrics import Metrics
+from relay.publisher import Publisher
+from relay.source import Source
+
+log = structlog.get_logger("relay.loop")
+
+#: Batches whose acknowledgement may be under way while the next one is published.
+#: Bounds memory and the duplicate window when marking is slower than publishing.
+MAX_PENDING_ACKS: Final = 2
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class LoopConfig:
+    """What the loop needs from the settings."""
+
+    batch_size: int = 2000
+    poll_interval_s: float = 1.0
+    park_after_attempts: int = 5
+
+
+@dataclasses.dataclass(slots=True)
+class LoopStats:
+    """Running totals, read by the periodic summary."""
+
+    published: int = 0
+    failed: int = 0
+    parked: int = 0
+    batches: int = 0
+    consecutive_failures: int = 0
+
+
+class _Acknowledger:
+    """Runs `Source.acknowledge` in the background, strictly one batch after the other.
+
+    A failed acknowledgement fails every later one (they are skipped: their events stay
+    due and are published again after the rewind), and the next `submit` or `drain`
+    raises it.
+    """
+
+    def __init__(self, source: Source) -> None:
+        self._source = source
+        self._tasks: collections.deque[asyncio.Task[None]] = collections.deque()
+
+    async def submit(self, acknowledgement: Acknowledgement) -> None:
+        while self._tasks and self._tasks[0].done():
+            self._tasks.popleft().result()  # raises the failure of a finished one
+        while len(self._tasks) >= MAX_PENDING_ACKS:
+            await self._tasks.popleft()
+        previous = self._tasks[-1] if self._tasks else None
+        self._tasks.append(
+            asyncio.create_task(self._acknowledge(previous, acknowledgement), name="acknowledge")
+        )
+
+    async def _acknowledge(
+        self, previous: asyncio.Task[None] | None, acknowledgement: Acknowledgement
+    ) -> None:
+        if previous is not None:
+            await asyncio.shield(previous)
+        await self._source.acknowledge(acknowledgement)
+
+    async def drain(self) -> None:
+        """Wait for every acknowledgement; raise the first failure."""
+        failure: BaseException | None = None
+        while self._tasks:
+            task = self._tasks.popleft()
+            try:
+                await task
+            except Exception as exc:  # noqa: BLE001 - re-raised below, once
+                failure = failure or exc
+        if failure is not None:
+            raise failure
+
+
+class RelayLoop:
+    """Moves events from a `Source` to a `Publisher` until told to stop."""
+
+    def __init__(
+        self,
+        source: Source,
+        publisher: Publisher,
+        config: LoopConfig,
+        *,
+        metrics: Metrics | None = None,
+        health: Health | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
+        random_unit: Callable[[], float] = random.random,
+    ) -> None:
+        self._source = source
+        self._publisher = publisher
+        self._config = config
+        self._metrics = metrics or Metrics()
+        self._health = health or Health()
+        self._monotonic = monotonic
+        self._random = random_unit
+        self._acks = _Acknowledger(source)
+        self.stats = LoopStats()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Relay until `stop` is set; then finish the batch in flight and its acknowledgement.
+
+        The caller bounds the shutdown (cancel the task after its timeout): a batch still
+        unacknowledged then simply stays due.
+        """
+        stopping = asyncio.create_task(stop.wait(), name="stop-waiter")
+        prefetch: asyncio.Task[Sequence[OutboxEvent]] | None = None
+        try:
+            while not stop.is_set():
+                try:
+                    if prefetch is not None:
+                        batch, prefetch = await prefetch, None
+                    else:
+                        batch = await self._source.fetch(self._config.batch_size)
+                except DatabaseError as exc:
+                    prefetch = None
+                    await self._recover("fetch", exc, stopping)
+                    continue
+                self._health.database_connected = True
+                if not batch:
+                    await self._idle(stopping)
+                    continue
+                prefetch = asyncio.create_task(
+                    self._source.fetch(self._config.batch_size), name="prefetch"
+                )
+                complete = await self._publish(batch)
+                if not complete:
+                    await _discard(prefetch)
+                    prefetch = None
+                    await self._recover("publish", None, stopping)
+        finally:
+            stopping.cancel()
+            if prefetch is not None:
+                await _discard(prefetch)
+            try:
+                await self._acks.drain()
+            except DatabaseError as exc:
+                log.warning("last acknowledgement failed", error=str(exc))
+
+    async def _publish(self, batch: Sequence[OutboxEvent]) -> bool:
+        """Publish one batch and hand its acknowledgement on; False when it was incomplete."""
+        started = self._monotonic()
+        result = await self._publisher.publish(batch)
+        acknowledgement = decisions.settle(result, self._config.park_after_attempts)
+        self._observe(batch, acknowledgement, self._monotonic() - started)
+        try:
+            await self._acks.submit(acknowledgement)
+        except DatabaseError as exc:
+            log.warning("acknowledgement failed", error=str(exc))
+            self._health.database_connected = False
+            return False
+        return acknowledgement.complete
+
+    def _observe(
+        self, batch: Sequence[OutboxEvent], acknowledgement: Acknowledgement, publish_s: float
+    ) -> None:
+        metrics, stats = self._metrics, self.stats
+        stats.batches += 1
+        stats.published += len(acknowledgement.sent)
+        metrics.batch_size.observe(len(batch))
+        now = dt.datetime.now(dt.UTC)
+        per_topic: collections.Counter[str] = collections.Counter()
+        observe = metrics.commit_to_ack.observe
+        for event in acknowledgement.sent:
+            per_topic[event.topic] += 1
+            if event.created_at is not None:
+                observe((now - event.created_at).total_seconds())
+        for topic, count in per_topic.items():
+            metrics.events_published.labels(topic=topic).inc(count)
+        for failed in acknowledgement.failed:
+            stats.failed += 1
+            metrics.publish_errors.labels(
+                topic=failed.event.topic, error=failed.failure.error.split(":", 1)[0]
+            ).inc()
+            if failed.park:
+                stats.parked += 1
+                metrics.events_parked.labels(topic=failed.event.topic).inc()
+                log.error(
+                    "event parked",
+                    event_id=failed.event.event_id,
+                    id=failed.event.id,
+                    topic=failed.event.topic,
+                    key=failed.event.key,
+                    attempts=failed.attempts,
+                    error=failed.failure.error,
+                )
+            else:
+                log.warning(
+                    "event rejected by kafka",
+                    event_id=failed.event.event_id,
+                    id=failed.event.id,
+                    topic=failed.event.topic,
+                    key=failed.event.key,
+                    attempts=failed.attempts,
+                    error=failed.failure.error,
+                )
+        if acknowledgement.sent:
+            self._health.broker_connected = True
+        if acknowledgement.complete:
+            stats.consecutive_failures = 0
+            self._health.progressed(self._monotonic())
+            metrics.last_progress.set(time.time())
+        log.debug(
+            "batch published",
+            events=len(batch),
+            first_id=batch[0].id,
+            last_id=batch[-1].id,
+            sent=len(acknowledgement.sent),
+            failed=len(acknowledgement.failed),
+            unsettled=len(acknowledgement.unsettled),
+            publish_ms=round(publish_s * 1000, 1),
+        )
+
+    async def _idle(self, stopping: asyncio.Task[bool]) -> None:
+        self._health.progressed(self._monotonic())
+        self._metrics.last_progress.set(time.time())
+        waiting = asyncio.create_task(
+            self._source.wait(self._config.poll_interval_s), name="wait-for-events"
+        )
+        await asyncio.wait({waiting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if not waiting.done():
+            waiting.cancel()
+        await _discard(waiting)
+
+    async def _recover(
+        self, what: str, error: BaseException | None, stopping: asyncio.Task[bool]
+    ) -> None:
+        """After a failure: settle what is under way, rewind, back off."""
+        stats = self.stats
+        stats.consecutive_failures += 1
+        delay = decisions.backoff_s(stats.consecutive_failures, self._random)
+        try:
+            await self._acks.drain()
+        except DatabaseError as exc:
+            error = error or exc
+        if isinstance(error, DatabaseError):
+            self._health.database_connected = False
+        if error is not None:
+            log.warning(
+                "relay step failed, retrying",
+                step=what,
+                error=first_line(error),
+                failures=stats.consecutive_failures,
+                retry_in_s=round(delay, 2),
+            )
+        else:
+            log.info(
+                "batch not fully acknowledged, retrying from the oldest unsent event",
+                failures=stats.consecutive_failures,
+                retry_in_s=round(delay, 2),
+            )
+        try:
+            await self._source.rewind()
+        except DatabaseError as exc:
+            log.warning("rewind failed", error=first_line(exc))
+        await asyncio.wait({stopping}, timeout=delay)
+
+
+async def _discard(task: asyncio.Task[object] | asyncio.Task[Sequence[OutboxEvent]]) -> None:
+    """Wait for a task whose result no longer matters (a fetch ahead, a wait)."""
+    try:
+        await task
+    except asyncio.CancelledError:
+        if not task.cancelled():
+            raise
+    except Exception as exc:  # noqa: BLE001 - the result is discarded; so is its failure
+        log.debug("discarded task failed", task=task.get_name(), error=first_line(exc))

@@ -1,0 +1,285 @@
+"""The poll source: pending rows of the outbox table, in id order.
+
+No row locks and no long transactions: the relay that reads the table holds the outbox's
+leadership (`relay.leadership`), so nobody else publishes these rows. Reads are plain
+autocommit queries over the partial index of pending rows.
+
+Scans. A scan reads forward from the oldest pending row, batch after batch, with
+``id > last fetched id``, so the next batch is fetched while the previous one is still
+being published and marked. When a fetch comes back short (caught up), the next fetch
+starts a new scan from the oldest pending row, once every batch fetched so far is
+acknowledged. A new scan is how the relay finds rows that a forward cursor cannot see:
+rows of a transaction that committed after later ids were already read, rows released
+from ``parked`` by an operator, and rows left pending by a failed batch (`rewind`).
+
+Per-key order around parked rows (``--poison park``): the fetch leaves out events whose
+key has a parked row with a smaller id. An operator's release turns the parked row back
+into ``pending`` behind the cursor; the fetch notices it in the same snapshot (the count
+and id sum of parked rows changed since the scan began) and starts a new scan, so the
+released row goes before the later events of its key.
+
+Connections: one for fetching, one for marking (so both run at once), one that
+``LISTEN``s for the trigger's notifications. Each reconnects on the next call after a
+failure; errors surface as `DatabaseError`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import json
+from collections.abc import Sequence
+from decimal import Decimal
+from typing import Any, Final
+
+import psycopg
+import structlog
+from psycopg import sql
+
+from relay import decisions
+from relay import sql as relay_sql
+from relay.config import OnSent, PoisonPolicy, Settings
+from relay.errors import DatabaseError, MigrationError, first_line
+from relay.events import Acknowledgement, OutboxEvent
+from relay.source import Backlog
+
+log = structlog.get_logger("relay.poll")
+
+APPLICATION_NAME: Final = "outbox-relay"
+#: Seconds between attempts to re-open the LISTEN connection after it broke.
+LISTEN_RETRY_S: Final = 1.0
+CONNECT_TIMEOUT_S: Final = 10
+
+_Row = tuple[Any, ...]
+
+
+def _translate(exc: psycopg.Error, what: str) -> DatabaseError:
+    return DatabaseError(f"{what}: {first_line(exc)}")
+
+
+async def connect(conninfo: str) -> psycopg.AsyncConnection[Any]:
+    """An autocommit connection named after the relay; `DatabaseError` when it fails."""
+    try:
+        return await psycopg.AsyncConnection.connect(
+            conninfo,
+            autocommit=True,
+            application_name=APPLICATION_NAME,
+            connect_timeout=CONNECT_TIMEOUT_S,
+        )
+    except psycopg.Error as exc:
+        raise _translate(exc, "cannot connect to PostgreSQL") from None
+
+
+class _Connection:
+    """One connection used by one task at a time, re-opened after it broke."""
+
+    def __init__(self, conninfo: str, purpose: str) -> None:
+        self._conninfo = conninfo
+        self._purpose = purpose
+        self._conn: psycopg.AsyncConnection[Any] | None = None
+        self._lock = asyncio.Lock()
+
+    async def _get(self) -> psycopg.AsyncConnection[Any]:
+        if self._conn is None or self._conn.closed:
+            self._conn = await connect(self._conninfo)
+        return self._conn
+
+    async def execute(self, query: sql.Composed, params: dict[str, Any]) -> list[_Row]:
+        """Run `query`; its rows (empty for statements without)."""
+        async with self._lock:
+            conn = await self._get()
+            try:
+                cursor = await conn.execute(query, params)
+                return await cursor.fetchall() if cursor.description else []
+            except psycopg.Error as exc:
+                if conn.broken or isinstance(exc, psycopg.OperationalError):
+                    await self.close()
+                raise _translate(exc, f"{self._purpose} failed") from None
+
+    async def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(psycopg.Error):
+                await conn.close()
+
+
+def event_from_row(row: _Row, topic_template: str) -> OutboxEvent:
+    """An `OutboxEvent` from a fetch row (after the two parked-signature columns)."""
+    (
+        _,
+        _,
+        id_,
+        event_id,
+        topic,
+        key,
+        payload_text,
+        payload_bytes,
+        headers_text,
+        event_type,
+        aggregate_type,
+        created_at,
+        attempts,
+    ) = row
+    if payload_text is not None:
+        value: bytes | None = decisions.compact_json(payload_text)
+    elif payload_bytes is not None:
+        value = bytes(payload_bytes)
+    else:
+        value = None
+    row_headers = json.loads(headers_text) if headers_text != "{}" else None
+    return OutboxEvent(
+        id=id_,
+        event_id=event_id,
+        topic=decisions.route_topic(topic_template, topic, event_type, aggregate_type),
+        key=key,
+        value=value,
+        headers=decisions.kafka_headers(event_id, event_type, aggregate_type, row_headers),
+        created_at=created_at,
+        attempts=attempts,
+    )
+
+
+class PollSource:
+    """`Source` over the outbox table; see the module docstring for how it scans."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        names = relay_sql.identifiers(settings.schema, settings.table)
+        channel = relay_sql.notify_channel(settings.schema, settings.table)
+        names["channel_name"] = sql.Identifier(channel)
+        park = settings.poison is PoisonPolicy.PARK
+        self._q_check = relay_sql.query("poll", "check", names)
+        self._q_fetch = relay_sql.query("poll", "fetch_park" if park else "fetch_skip", names)
+        self._q_settle = relay_sql.query(
+            "poll", "delete_sent" if settings.on_sent is OnSent.DELETE else "mark_sent", names
+        )
+        self._q_failure = relay_sql.query("poll", "record_failure", names)
+        self._q_backlog = relay_sql.query("poll", "backlog", names)
+        self._q_listen = relay_sql.query("poll", "listen", names)
+        self._park = park
+        conninfo = settings.conninfo
+        self._fetcher = _Connection(conninfo, "fetching events")
+        self._marker = _Connection(conninfo, "marking events")
+        self._conninfo = conninfo
+        #: Last id of the current scan; None: the next fetch starts a new scan.
+        self._cursor: int | None = None
+        #: Parked rows' (count, id sum) when the current scan began.
+        self._signature: tuple[int, Decimal | int] | None = None
+        self._unacknowledged = 0
+        self._all_acknowledged = asyncio.Event()
+        self._all_acknowledged.set()
+        self._notified = asyncio.Event()
+        self._listener: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Check the outbox exists, and start listening for notifications."""
+        try:
+            await self._fetcher.execute(self._q_check, {})
+        except DatabaseError as exc:
+            if "does not exist" in str(exc):
+                raise MigrationError(
+                    f"outbox table {self._settings.schema}.{self._settings.table} not found: "
+                    "run `outbox-relay migrate` first"
+                ) from None
+            raise
+        self._listener = asyncio.create_task(self._listen(), name="listen")
+
+    async def stop(self) -> None:
+        """Stop listening and close the connections."""
+        if self._listener is not None:
+            self._listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._listener
+            self._listener = None
+        await self._fetcher.close()
+        await self._marker.close()
+
+    async def _listen(self) -> None:
+        """Set `_notified` on every notification; reconnect when the connection breaks."""
+        while True:
+            try:
+                conn = await connect(self._conninfo)
+            except DatabaseError as exc:
+                log.warning("cannot listen for notifications", error=str(exc))
+                await asyncio.sleep(LISTEN_RETRY_S)
+                continue
+            try:
+                async with conn:
+                    await conn.execute(self._q_listen)
+                    # Anything committed while we were not listening is found by a poll.
+                    self._notified.set()
+                    async for _ in conn.notifies():
+                        self._notified.set()
+            except psycopg.Error as exc:
+                log.warning("notification connection lost", error=first_line(exc))
+                await asyncio.sleep(LISTEN_RETRY_S)
+
+    async def wait(self, timeout_s: float) -> None:
+        """Return on a notification, or after `timeout_s`."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._notified.wait(), timeout_s)
+        self._notified.clear()
+
+    async def fetch(self, max_events: int) -> Sequence[OutboxEvent]:
+        """The next pending events in id order (see the module docstring)."""
+        while True:
+            new_scan = self._cursor is None
+            if new_scan:
+                # Rows in flight are still pending: wait until they are settled.
+                await self._all_acknowledged.wait()
+            rows = await self._fetcher.execute(
+                self._q_fetch, {"after": self._cursor or 0, "limit": max_events}
+            )
+            signature = (rows[0][0], rows[0][1]) if rows else (0, 0)
+            if new_scan:
+                self._signature = signature
+            elif self._park and signature != self._signature:
+                log.info("parked events changed; scanning again from the oldest pending event")
+                self._cursor = None
+                continue
+            template = self._settings.topic_template
+            events = [event_from_row(row, template) for row in rows if row[2] is not None]
+            self._cursor = events[-1].id if len(events) == max_events else None
+            if events:
+                self._unacknowledged += 1
+                self._all_acknowledged.clear()
+            return events
+
+    async def acknowledge(self, acknowledgement: Acknowledgement) -> None:
+        """Mark (or delete) the sent rows; count attempts and park the failed ones."""
+        try:
+            if acknowledgement.sent:
+                await self._marker.execute(
+                    self._q_settle, {"ids": [event.id for event in acknowledgement.sent]}
+                )
+            for failed in acknowledgement.failed:
+                await self._marker.execute(
+                    self._q_failure,
+                    {
+                        "id": failed.event.id,
+                        "attempts": failed.attempts,
+                        "error": failed.failure.error,
+                        "park": failed.park,
+                    },
+                )
+        finally:
+            # Even when marking failed: a new scan must not wait for it forever (the
+            # loop rewinds, and the rows, still pending, are published again).
+            self._unacknowledged -= 1
+            if self._unacknowledged <= 0:
+                self._unacknowledged = 0
+                self._all_acknowledged.set()
+
+    async def rewind(self) -> None:
+        """Forget what was fetched: the next fetch scans again from the oldest row."""
+        self._cursor = None
+        self._unacknowledged = 0
+        self._all_acknowledged.set()
+
+    async def backlog(self) -> Backlog:
+        """Pending and parked rows, and the creation time of the oldest pending one."""
+        rows = await self._marker.execute(self._q_backlog, {})
+        pending, parked, oldest = rows[0]
+        oldest_at: dt.datetime | None = oldest
+        return Backlog(pending_events=pending, parked_events=parked, oldest_unsent_at=oldest_at)

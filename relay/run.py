@@ -1,0 +1,248 @@
+"""``outbox-relay run``: the relay daemon, wired from the settings.
+
+Settings → a source (poll or WAL) and a Kafka publisher → the relay loop, under the
+outbox's advisory-lock leadership, with metrics, health, logs and signal handling
+around it. Nothing here decides anything; it connects the parts and bounds the shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import signal
+import time
+from typing import Final
+
+import click
+import structlog
+
+from relay import decisions, logs
+from relay.config import Mode, Settings
+from relay.errors import ConfigError, DatabaseError
+from relay.health import Health
+from relay.leadership import Leadership
+from relay.loop import LoopConfig, RelayLoop
+from relay.metrics import Metrics
+from relay.options import with_settings
+from relay.poll import PollSource
+from relay.publisher import KafkaPublisher, Publisher
+from relay.source import Source
+
+log = structlog.get_logger("relay.run")
+
+#: Seconds between the info-level summaries (events/s, lag of the oldest unsent event).
+SUMMARY_INTERVAL_S: Final = 10.0
+#: Seconds between refreshes of the backlog gauges (pending, parked, oldest unsent age).
+BACKLOG_INTERVAL_S: Final = 5.0
+#: Seconds to wait before starting over when the source cannot start.
+RESTART_DELAY_S: Final = 2.0
+
+
+def make_source(settings: Settings, metrics: Metrics) -> Source:
+    """The source for ``--mode``: the outbox table (poll) or the replication slot (wal)."""
+    if settings.mode is Mode.WAL:
+        # WAL mode hook: relay.wal provides a `Source` over the replication slot.
+        try:
+            from relay.wal import WalSource  # type: ignore[attr-defined,unused-ignore]
+        except ImportError:
+            raise ConfigError("invalid mode: wal mode is not available in this build") from None
+        source: Source = WalSource(settings, metrics=metrics)
+        return source
+    return PollSource(settings)
+
+
+def loop_config(settings: Settings) -> LoopConfig:
+    """The relay loop's part of the settings."""
+    return LoopConfig(
+        batch_size=settings.batch_size,
+        poll_interval_s=settings.poll_interval,
+        park_after_attempts=settings.park_after_attempts,
+    )
+
+
+class Relay:
+    """One relay process: stands by, leads, relays, and stops when told to."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        metrics: Metrics | None = None,
+        health: Health | None = None,
+        publisher: Publisher | None = None,
+    ) -> None:
+        if not settings.database_url:
+            raise ConfigError("no database URL: set --database-url or RELAY_DATABASE_URL")
+        self.settings = settings
+        self.metrics = metrics or Metrics()
+        self.health = health or Health()
+        self.publisher = publisher or KafkaPublisher(settings)
+        lock_id = settings.lock_id or decisions.lock_id_for(settings.schema, settings.table)
+        self.leadership = Leadership(settings.conninfo, lock_id)
+        self.loop: RelayLoop | None = None
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Relay until `stop` is set; return within about ``shutdown_timeout`` after it."""
+        summary = asyncio.create_task(self._summarise(stop), name="summary")
+        try:
+            await self._connect_publisher()
+            while await self.leadership.acquire(stop):
+                self._set_leader(leader=True)
+                try:
+                    await self._lead(stop)
+                finally:
+                    self._set_leader(leader=False)
+                    await self.leadership.release()
+        finally:
+            summary.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await summary
+            await self.publisher.stop()
+            log.info("relay stopped")
+
+    async def _connect_publisher(self) -> None:
+        try:
+            await self.publisher.start()
+            self.health.broker_connected = True
+        except Exception as exc:  # noqa: BLE001 - publish retries the connection itself
+            log.warning("kafka unreachable at start; will keep trying", error=str(exc))
+
+    def _set_leader(self, *, leader: bool) -> None:
+        self.health.leader = leader
+        self.metrics.is_leader.set(1 if leader else 0)
+
+    async def _lead(self, stop: asyncio.Event) -> None:
+        """Relay while this process holds leadership and `stop` is not set."""
+        source = make_source(self.settings, self.metrics)
+        try:
+            await source.start()
+        except DatabaseError as exc:
+            log.warning("source cannot start; retrying", error=str(exc))
+            self.health.database_connected = False
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), RESTART_DELAY_S)
+            return
+        self.health.database_connected = True
+        loop_stop = asyncio.Event()
+        self.loop = RelayLoop(
+            source,
+            self.publisher,
+            loop_config(self.settings),
+            metrics=self.metrics,
+            health=self.health,
+        )
+        relaying = asyncio.create_task(self.loop.run(loop_stop), name="relay-loop")
+        backlog = asyncio.create_task(self._watch_backlog(source), name="backlog")
+        stopping = asyncio.create_task(stop.wait(), name="stop")
+        lost = asyncio.create_task(self.leadership.lost.wait(), name="leadership-lost")
+        try:
+            await asyncio.wait({relaying, stopping, lost}, return_when=asyncio.FIRST_COMPLETED)
+            loop_stop.set()
+            if relaying.done():
+                relaying.result()  # a bug in the loop: let it surface
+            else:
+                log.info(
+                    "stopping: finishing the batch in flight",
+                    reason="signal" if stop.is_set() else "leadership lost",
+                    timeout_s=self.settings.shutdown_timeout,
+                )
+                done, _ = await asyncio.wait({relaying}, timeout=self.settings.shutdown_timeout)
+                if not done:
+                    log.warning("shutdown timeout: the batch in flight stays pending")
+                    relaying.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await relaying
+        finally:
+            for task in (backlog, stopping, lost, relaying):
+                task.cancel()
+            await asyncio.gather(backlog, stopping, lost, relaying, return_exceptions=True)
+            await source.stop()
+
+    async def _watch_backlog(self, source: Source) -> None:
+        """Keep the backlog gauges and the health's pending count current."""
+        while True:
+            try:
+                backlog = await source.backlog()
+            except DatabaseError as exc:
+                log.debug("backlog query failed", error=str(exc))
+            else:
+                if backlog.pending_events is not None:
+                    self.metrics.pending_events.set(backlog.pending_events)
+                    self.health.pending_events = backlog.pending_events
+                if backlog.parked_events is not None:
+                    self.metrics.parked_events.set(backlog.parked_events)
+                age = 0.0
+                if backlog.oldest_unsent_at is not None:
+                    age = (dt.datetime.now(dt.UTC) - backlog.oldest_unsent_at).total_seconds()
+                self.metrics.oldest_unsent_age.set(max(age, 0.0))
+            await asyncio.sleep(BACKLOG_INTERVAL_S)
+
+    async def _summarise(self, stop: asyncio.Event) -> None:
+        """Log events/s and the lag of the oldest unsent event every `SUMMARY_INTERVAL_S`."""
+        last_published, last_time = 0, time.monotonic()
+        while not stop.is_set():
+            await asyncio.sleep(SUMMARY_INTERVAL_S)
+            now = time.monotonic()
+            stats = self.loop.stats if self.loop is not None else None
+            published = stats.published if stats is not None else 0
+            if published < last_published:  # a new loop after a leadership change
+                last_published = 0
+            log.info(
+                "relay summary",
+                leader=self.health.leader,
+                events_per_s=round((published - last_published) / (now - last_time), 1),
+                published=published,
+                failed=stats.failed if stats is not None else 0,
+                parked=stats.parked if stats is not None else 0,
+                pending=self.health.pending_events,
+                oldest_unsent_age_s=round(self.metrics.oldest_unsent_age._value.get(), 3),  # noqa: SLF001
+            )
+            last_published, last_time = published, now
+
+
+async def serve(settings: Settings) -> None:
+    """Run the relay until SIGTERM or SIGINT, with the HTTP endpoints when configured."""
+    metrics, health = Metrics(), Health()
+    relay = Relay(settings, metrics=metrics, health=health)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    # --- HTTP endpoints (/healthz, /readyz, /metrics), relay/http.py -------------------
+    server = None
+    if settings.http_port > 0:
+        from relay import http
+
+        server = await http.serve(settings.http_port, metrics, health)
+    # ----------------------------------------------------------------------------------
+    log.info(
+        "relay starting",
+        mode=settings.mode.value,
+        outbox=f"{settings.schema}.{settings.table}",
+        bootstrap_servers=settings.bootstrap_servers,
+        lock_id=relay.leadership.lock_id,
+    )
+    try:
+        await relay.run(stop)
+    finally:
+        if server is not None:
+            await http.close(server)
+
+
+@click.command(name="run")
+@with_settings
+def run_command(settings: Settings) -> None:
+    """Relay the outbox to Kafka until SIGTERM: at least once, in per-key order.
+
+    Several relays may run against one outbox: one leads (a PostgreSQL advisory lock),
+    the others stand by and take over within seconds. SIGTERM or SIGINT finishes the
+    batch in flight and exits 0 within --shutdown-timeout.
+
+    \b
+    Examples:
+      outbox-relay run --database-url postgresql://relay@db/app --bootstrap-servers kafka:9092
+      outbox-relay run --mode wal --topic-template 'outbox.{aggregate_type}'
+    """
+    logs.configure(settings.log_level, settings.log_format)
+    asyncio.run(serve(settings))
