@@ -492,7 +492,8 @@ def _payload_text(row: EventRow) -> str:
 @click.option("--dry-run", is_flag=True, help="Count what would be replayed, change nothing.")
 @click.option("--rate", type=click.FloatRange(min=0, min_open=True), help="Events per second.")
 @click.option(
-    "--batch-size",
+    "--chunk-size",
+    "chunk_size",
     type=click.IntRange(1, 50_000),
     default=admin.BATCH_SIZE,
     show_default=True,
@@ -516,7 +517,7 @@ def replay_command(
     to_topic: str | None,
     dry_run: bool,
     rate: float | None,
-    batch_size: int,
+    chunk_size: int,
     wait: bool,
     wait_timeout: str | None,
     as_json: bool,
@@ -566,7 +567,7 @@ def replay_command(
             plan,
             settings,
             to_topic=to_topic,
-            batch_size=batch_size,
+            batch_size=chunk_size,
             rate=rate,
             on_progress=progress.update,
         )
@@ -773,7 +774,8 @@ def skip_command(
 @click.command(name="purge")
 @click.option("--older-than", required=True, metavar="DURATION", help="Retention, e.g. 7d, 36h.")
 @click.option(
-    "--batch-size",
+    "--chunk-size",
+    "chunk_size",
     type=click.IntRange(1, 100_000),
     default=admin.BATCH_SIZE,
     show_default=True,
@@ -783,7 +785,7 @@ def skip_command(
 @click.option("--json", "as_json", is_flag=True, help="Print the outcome as JSON.")
 @with_settings
 def purge_command(
-    settings: Settings, *, older_than: str, batch_size: int, dry_run: bool, as_json: bool
+    settings: Settings, *, older_than: str, chunk_size: int, dry_run: bool, as_json: bool
 ) -> None:
     """Delete sent and skipped events older than a retention.
 
@@ -812,7 +814,7 @@ def purge_command(
             conn,
             settings,
             older_than=dt.timedelta(seconds=seconds),
-            batch_size=batch_size,
+            batch_size=chunk_size,
             dry_run=dry_run,
             on_batch=on_batch,
         )
