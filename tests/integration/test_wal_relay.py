@@ -10,7 +10,6 @@ import uuid
 from collections.abc import AsyncIterator
 
 import psycopg
-import pytest
 
 from relay.config import Mode, OnSent, Settings
 from relay.loop import LoopConfig, RelayLoop
@@ -79,7 +78,7 @@ def per_key(records: list[Consumed]) -> dict[str | None, list[int]]:
 def states(url: str) -> dict[str, int]:
     with psycopg.connect(url) as conn:
         rows = conn.execute("SELECT state, count(*) FROM outbox GROUP BY state").fetchall()
-    return {state: count for state, count in rows}
+    return dict(rows)
 
 
 async def wait_until(check: object, timeout_s: float = 30.0) -> None:
