@@ -59,6 +59,8 @@ class LoopConfig:
     batch_size: int = 2000
     poll_interval_s: float = 1.0
     park_after_attempts: int = 5
+    backoff_base_s: float = decisions.BACKOFF_BASE_S
+    backoff_max_s: float = decisions.BACKOFF_MAX_S
 
 
 @dataclasses.dataclass(slots=True)
@@ -269,7 +271,12 @@ class RelayLoop:
         """After a failure: settle what is under way, rewind, back off."""
         stats = self.stats
         stats.consecutive_failures += 1
-        delay = decisions.backoff_s(stats.consecutive_failures, self._random)
+        delay = decisions.backoff_s(
+            stats.consecutive_failures,
+            self._random,
+            base_s=self._config.backoff_base_s,
+            max_s=self._config.backoff_max_s,
+        )
         try:
             await self._acks.drain()
         except DatabaseError as exc:

@@ -1,0 +1,223 @@
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+from aiokafka.partitioner import DefaultPartitioner
+
+from relay import decisions
+from relay.decisions import ErrorKind
+from relay.events import PublishFailure, PublishResult
+from relay.testing import make_event
+
+# -- backoff -------------------------------------------------------------------------------
+
+
+def test_backoff_doubles_from_the_base_and_stops_at_the_cap() -> None:
+    no_jitter = [decisions.backoff_s(n, lambda: 1.0, base_s=0.1, max_s=2.0) for n in range(1, 8)]
+    assert no_jitter == pytest.approx([0.1, 0.2, 0.4, 0.8, 1.6, 2.0, 2.0])
+
+
+def test_backoff_jitter_stays_within_the_upper_half() -> None:
+    low = decisions.backoff_s(4, lambda: 0.0, base_s=0.1, max_s=10)
+    high = decisions.backoff_s(4, lambda: 0.999, base_s=0.1, max_s=10)
+    assert low == pytest.approx(0.4)
+    assert 0.79 < high < 0.8
+
+
+def test_no_failure_means_no_wait_and_huge_counts_do_not_overflow() -> None:
+    assert decisions.backoff_s(0, lambda: 0.5) == 0
+    assert decisions.backoff_s(10_000, lambda: 1.0) == decisions.BACKOFF_MAX_S
+
+
+# -- errors --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "kind"),
+    [
+        ("MessageSizeTooLargeError", ErrorKind.RECORD),
+        ("CorruptRecordException", ErrorKind.RECORD),
+        ("TopicAuthorizationFailedError", ErrorKind.TOPIC),
+        ("InvalidTopicError", ErrorKind.TOPIC),
+        ("KafkaTimeoutError", ErrorKind.RETRIABLE),
+        ("KafkaConnectionError", ErrorKind.RETRIABLE),
+        ("NotLeaderForPartitionError", ErrorKind.RETRIABLE),
+        # Not the event's fault: parking everything would be worse than waiting.
+        ("SaslAuthenticationFailed", ErrorKind.RETRIABLE),
+        ("SomethingNew", ErrorKind.RETRIABLE),
+    ],
+)
+def test_error_kinds(name: str, kind: ErrorKind) -> None:
+    assert decisions.error_kind(name) is kind
+
+
+def test_a_record_error_charges_only_the_first_record_of_the_batch() -> None:
+    failures = decisions.batch_failures(3, "MessageSizeTooLargeError: too big", ErrorKind.RECORD)
+    assert [f.retriable for f in failures] == [False, True, True]
+    assert failures[0].error == "MessageSizeTooLargeError: too big"
+
+
+def test_topic_errors_charge_everyone_and_retriable_errors_nobody() -> None:
+    topic = decisions.batch_failures(2, "TopicAuthorizationFailedError", ErrorKind.TOPIC)
+    retriable = decisions.batch_failures(2, "KafkaTimeoutError", ErrorKind.RETRIABLE)
+    assert [f.retriable for f in topic] == [False, False]
+    assert [f.retriable for f in retriable] == [True, True]
+
+
+# -- settle --------------------------------------------------------------------------------
+
+RETRY = PublishFailure("KafkaTimeoutError", retriable=True)
+POISON = PublishFailure("MessageSizeTooLargeError", retriable=False)
+
+
+def test_acknowledged_events_are_sent() -> None:
+    events = (make_event(1), make_event(2, key="b"))
+    ack = decisions.settle(PublishResult(events, (None, None)), park_after_attempts=5)
+    assert ack.sent == events
+    assert ack.complete
+
+
+def test_a_failed_event_holds_back_later_events_of_its_key_even_when_acknowledged() -> None:
+    e1, e2, e3, e4 = make_event(1, "a"), make_event(2, "b"), make_event(3, "a"), make_event(4, "b")
+    ack = decisions.settle(PublishResult((e1, e2, e3, e4), (RETRY, None, None, None)), 5)
+    assert ack.sent == (e2, e4)
+    assert ack.unsettled == (e1, e3)
+    assert ack.failed == ()
+    assert not ack.complete
+
+
+def test_the_same_key_on_another_topic_and_null_keys_are_not_held_back() -> None:
+    failed = make_event(1, "a", topic="t1")
+    other_topic = make_event(2, "a", topic="t2")
+    null_failed, null_later = make_event(3, None), make_event(4, None)
+    result = PublishResult(
+        (failed, other_topic, null_failed, null_later), (RETRY, None, RETRY, None)
+    )
+    ack = decisions.settle(result, 5)
+    assert ack.sent == (other_topic, null_later)
+
+
+def test_permanent_failures_count_attempts_and_park_at_the_threshold() -> None:
+    young, old = make_event(1, "a", attempts=0), make_event(2, "b", attempts=2)
+    ack = decisions.settle(PublishResult((young, old), (POISON, POISON)), park_after_attempts=3)
+    assert [(f.event, f.attempts, f.park) for f in ack.failed] == [
+        (young, 1, False),
+        (old, 3, True),
+    ]
+    assert len(ack) == 2
+
+
+def test_retriable_failures_are_never_charged() -> None:
+    event = make_event(1, attempts=4)
+    ack = decisions.settle(PublishResult((event,), (RETRY,)), park_after_attempts=5)
+    assert ack.failed == ()
+    assert ack.unsettled == (event,)
+
+
+def test_key_hold() -> None:
+    hold = decisions.KeyHold()
+    hold.block(make_event(1, "a"))
+    hold.block(make_event(2, None))
+    assert hold.holds(make_event(3, "a"))
+    assert not hold.holds(make_event(4, "a", topic="other"))
+    assert not hold.holds(make_event(5, None))
+
+
+# -- partitions ----------------------------------------------------------------------------
+
+# Kafka's own test vectors (UtilsTest.testMurmur2), as signed 32-bit Java ints.
+JAVA_MURMUR2 = {
+    b"21": -973932308,
+    b"foobar": -790332482,
+    b"a-little-bit-long-string": -985981536,
+    b"a-little-bit-longer-string": -1486304829,
+    b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8": -58897971,
+    b"abc": 479470107,
+}
+
+
+@pytest.mark.parametrize(("data", "expected"), JAVA_MURMUR2.items())
+def test_murmur2_matches_the_java_client(data: bytes, expected: int) -> None:
+    assert decisions.murmur2(data) == expected & 0xFFFFFFFF
+
+
+def test_partition_matches_aiokafkas_default_partitioner() -> None:
+    partitioner = DefaultPartitioner()
+    for length in range(64):
+        key = os.urandom(length)
+        for count in (1, 3, 12):
+            expected = partitioner(key, list(range(count)), list(range(count)))
+            assert decisions.partition_for(key, count) == expected
+
+
+# -- records -------------------------------------------------------------------------------
+
+
+def jsonb_text(value: object) -> str:
+    """What PostgreSQL prints for a jsonb value (one space after , and :)."""
+    return json.dumps(value, separators=(", ", ": "), ensure_ascii=False)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        {"a": 1, "b": [1, 2.5, None, True], "c": {"d": "x"}},
+        {"text": "spaces , and : inside strings stay", "empty": ""},
+        {"quote": 'say "hi"', "backslash": "a\\b", "newline": "a\nb"},
+        {"unicode": "naïve 東京 🎉"},
+        [1, "two", {"3": []}],
+        "just a string, with: punctuation",
+        42,
+        None,
+    ],
+)
+def test_compact_json_equals_a_compact_dump(value: object) -> None:
+    expected = json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+    assert decisions.compact_json(jsonb_text(value)) == expected
+
+
+def test_headers_carry_the_event_id_the_types_and_the_rows_own() -> None:
+    headers = decisions.kafka_headers(
+        "e-1",
+        "OrderPlaced",
+        "order",
+        {"traceparent": "00-abc-def-01", "retry": 3, "event_id": "forged", "gone": None},
+    )
+    assert headers == (
+        ("event_id", b"e-1"),
+        ("event_type", b"OrderPlaced"),
+        ("aggregate_type", b"order"),
+        ("traceparent", b"00-abc-def-01"),
+        ("retry", b"3"),
+    )
+
+
+def test_headers_without_optional_fields() -> None:
+    assert decisions.kafka_headers("e-1", None, None, None) == (("event_id", b"e-1"),)
+
+
+def test_topic_routing() -> None:
+    assert decisions.route_topic("", "orders", "Placed", "order") == "orders"
+    assert decisions.route_topic("outbox.{aggregate_type}", "x", None, "order") == "outbox.order"
+    assert decisions.route_topic("{topic}.{event_type}", "orders", "Placed", None) == (
+        "orders.Placed"
+    )
+    # A NULL field falls back to the row's topic instead of building "outbox.".
+    assert decisions.route_topic("outbox.{aggregate_type}", "orders", "Placed", None) == "orders"
+
+
+def test_valid_topics() -> None:
+    assert decisions.valid_topic("orders.v1_x-y")
+    assert not decisions.valid_topic("with space")
+    assert not decisions.valid_topic("..")
+    assert not decisions.valid_topic("x" * 250)
+
+
+def test_lock_ids_are_stable_signed_64_bit_and_distinct_per_outbox() -> None:
+    first = decisions.lock_id_for("public", "outbox")
+    assert first == decisions.lock_id_for("public", "outbox")
+    assert -(2**63) <= first < 2**63
+    assert first != decisions.lock_id_for("public", "outbox2")
+    assert first != decisions.lock_id_for("events", "outbox")
