@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import dataclasses
 import enum
+import logging
 from collections.abc import Callable, Sequence
 from typing import Any, Final
 
@@ -96,62 +97,66 @@ class BrokerFacts:
     auto_create: bool | None = None
 
 
-def database_facts(settings: Settings) -> DatabaseFacts:
-    """Read every database fact the checks need (raises psycopg errors)."""
-    with psycopg.connect(
+def connect(settings: Settings) -> psycopg.Connection[Any]:
+    """The doctor's own session, as the relay's role (raises psycopg errors)."""
+    return psycopg.connect(
         settings.conninfo,
         autocommit=True,
         connect_timeout=admin.CONNECT_TIMEOUT_S,
         prepare_threshold=None,
         application_name="outbox-relay doctor",
-    ) as conn:
-        cursor = conn.cursor(row_factory=dict_row)
+    )
 
-        def one(name: str, **params: object) -> dict[str, Any]:
-            row = cursor.execute(admin.named_query(settings, name), params).fetchone()
-            return dict(row) if row else {}
 
-        server = one("server_facts")
-        names = {"schema": settings.schema, "table": settings.table}
-        outbox_exists = bool(one("outbox_exists", **names)["found"])
-        pending_versions: list[int] | None
-        try:
-            with conn.transaction():
-                pending_versions = migrate.pending_versions(conn, settings)
-        except psycopg.errors.InsufficientPrivilege:
-            pending_versions = None
-        publication = one("publication", **names, publication=settings.publication)
-        privileges = one("privileges", **names) if outbox_exists else {}
-        pending_topics: frozenset[str] = frozenset()
-        if outbox_exists and privileges.get("can_select"):
-            rows = cursor.execute(admin.named_query(settings, "pending_topics")).fetchall()
-            pending_topics = frozenset(
-                decisions.route_topic(
-                    settings.topic_template, r["topic"], r["event_type"], r["aggregate_type"]
-                )
-                for r in rows
+def database_facts(conn: psycopg.Connection[Any], settings: Settings) -> DatabaseFacts:
+    """Read every database fact the checks need (raises psycopg errors)."""
+    cursor = conn.cursor(row_factory=dict_row)
+
+    def one(name: str, **params: object) -> dict[str, Any]:
+        row = cursor.execute(admin.named_query(settings, name), params).fetchone()
+        return dict(row) if row else {}
+
+    server = one("server_facts")
+    names = {"schema": settings.schema, "table": settings.table}
+    outbox_exists = bool(one("outbox_exists", **names)["found"])
+    pending_versions: list[int] | None
+    try:
+        with conn.transaction():
+            pending_versions = migrate.pending_versions(conn, settings)
+    except psycopg.errors.InsufficientPrivilege:
+        pending_versions = None
+    publication = one("publication", **names, publication=settings.publication)
+    privileges = one("privileges", **names) if outbox_exists else {}
+    pending_topics: frozenset[str] = frozenset()
+    if outbox_exists and privileges.get("can_select"):
+        rows = cursor.execute(admin.named_query(settings, "pending_topics")).fetchall()
+        pending_topics = frozenset(
+            decisions.route_topic(
+                settings.topic_template, r["topic"], r["event_type"], r["aggregate_type"]
             )
-        return DatabaseFacts(
-            role=server["role"],
-            database=server["database"],
-            wal_level=server["wal_level"],
-            superuser=server["superuser"],
-            replication=server["replication"],
-            outbox_exists=outbox_exists,
-            pending_versions=pending_versions,
-            publication=(
-                (publication["publishes_inserts"], publication["covers_outbox"])
-                if publication
-                else None
-            ),
-            emit_message_allowed=one("emit_message_allowed")["allowed"],
-            schema_usage=bool(privileges.get("schema_usage")),
-            can_select=bool(privileges.get("can_select")),
-            can_update=bool(privileges.get("can_update")),
-            can_delete=bool(privileges.get("can_delete")),
-            slot=admin.slot_status(conn, settings),
-            pending_topics=pending_topics,
+            for r in rows
         )
+    return DatabaseFacts(
+        role=server["role"],
+        database=server["database"],
+        wal_level=server["wal_level"],
+        superuser=server["superuser"],
+        replication=server["replication"],
+        outbox_exists=outbox_exists,
+        pending_versions=pending_versions,
+        publication=(
+            (publication["publishes_inserts"], publication["covers_outbox"])
+            if publication
+            else None
+        ),
+        emit_message_allowed=one("emit_message_allowed")["allowed"],
+        schema_usage=bool(privileges.get("schema_usage")),
+        can_select=bool(privileges.get("can_select")),
+        can_update=bool(privileges.get("can_update")),
+        can_delete=bool(privileges.get("can_delete")),
+        slot=admin.slot_status(conn, settings),
+        pending_topics=pending_topics,
+    )
 
 
 #: The producer options an admin client shares: where the cluster is and how to log in.
@@ -180,7 +185,7 @@ async def broker_facts(settings: Settings, timeout_s: float = BROKER_TIMEOUT_S) 
     """Ask the cluster for its topics and, where it answers, whether it auto-creates."""
     from aiokafka.admin import AIOKafkaAdminClient
     from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
-    from aiokafka.errors import KafkaError
+    from aiokafka.errors import KafkaConnectionError, KafkaError
 
     try:
         options = kafka_client_options(settings)
@@ -191,8 +196,12 @@ async def broker_facts(settings: Settings, timeout_s: float = BROKER_TIMEOUT_S) 
         await asyncio.wait_for(client.start(), timeout_s)
         topics = await asyncio.wait_for(client.list_topics(), timeout_s)
         cluster = await asyncio.wait_for(client.describe_cluster(), timeout_s)
-    except (KafkaError, OSError, TimeoutError) as exc:
-        return BrokerFacts(reachable=False, error=first_line(exc) or type(exc).__name__)
+    except KafkaConnectionError:
+        return BrokerFacts(reachable=False, error="no broker answered (refused or unreachable)")
+    except TimeoutError:
+        return BrokerFacts(reachable=False, error=f"no answer within {timeout_s:g}s")
+    except (KafkaError, OSError) as exc:
+        return BrokerFacts(reachable=False, error=first_line(exc))
     finally:
         with contextlib.suppress(Exception):
             await client.close()
@@ -505,6 +514,30 @@ DATABASE_CHECK_NAMES: Final = (
 )
 
 
+def _gather(settings: Settings) -> tuple[DatabaseFacts | None, Check]:
+    name = "database reachable"
+    try:
+        conn = connect(settings)
+    except psycopg.Error as exc:
+        return None, Check(
+            name,
+            Level.FAIL,
+            first_line(exc),
+            "check --database-url, that PostgreSQL runs, and pg_hba.conf",
+        )
+    with conn:
+        try:
+            facts = database_facts(conn, settings)
+        except psycopg.Error as exc:
+            return None, Check(
+                name,
+                Level.FAIL,
+                f"connected, but reading the catalog failed: {first_line(exc)}",
+                "run doctor with the relay's role on a supported PostgreSQL (14 or later)",
+            )
+    return facts, Check(name, Level.OK, f"{facts.database} as {facts.role}")
+
+
 def run(settings: Settings) -> list[Check]:
     """Gather the facts and run every check, in checklist order."""
     checks: list[Check] = []
@@ -519,32 +552,20 @@ def run(settings: Settings) -> list[Check]:
             )
         )
     else:
-        try:
-            facts = database_facts(settings)
-        except psycopg.Error as exc:
-            checks.append(
-                Check(
-                    "database reachable",
-                    Level.FAIL,
-                    first_line(exc),
-                    "check --database-url, that PostgreSQL runs, and pg_hba.conf",
-                )
-            )
-        else:
-            checks.append(
-                Check(
-                    "database reachable",
-                    Level.OK,
-                    f"{facts.database} as {facts.role}",
-                )
-            )
+        facts, reachable = _gather(settings)
+        checks.append(reachable)
     if facts is None:
-        checks.extend(
-            Check(name, Level.SKIP, "database unreachable") for name in DATABASE_CHECK_NAMES
-        )
+        checks.extend(Check(name, Level.SKIP, "no database facts") for name in DATABASE_CHECK_NAMES)
     else:
         checks.extend(check(facts, settings) for check in DATABASE_CHECKS)
-    broker = asyncio.run(broker_facts(settings))
+    # aiokafka logs connection failures itself; the check line says it once, with the fix.
+    kafka_logger = logging.getLogger("aiokafka")
+    level = kafka_logger.level
+    kafka_logger.setLevel(logging.CRITICAL + 1)
+    try:
+        broker = asyncio.run(broker_facts(settings))
+    finally:
+        kafka_logger.setLevel(level)
     checks.append(check_broker(broker, settings))
     checks.append(check_topics(broker, facts.pending_topics if facts else frozenset()))
     return checks

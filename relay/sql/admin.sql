@@ -89,7 +89,7 @@ SELECT s.slot_name, s.plugin, s.database, s.active, s.active_pid,
        r.state AS sender_state, r.reply_time
 FROM pg_replication_slots s
 LEFT JOIN pg_stat_replication r ON r.pid = s.active_pid
-WHERE s.slot_name = %(slot_name)s;
+WHERE s.slot_name = %(slot_name)s::text;
 
 -- name: max_slot_wal_keep_size
 -- In bytes; -1 means unlimited (a stopped relay's slot may then fill the disk).
@@ -205,20 +205,21 @@ FROM pg_roles r WHERE r.rolname = current_user;
 SELECT p.pubinsert AS publishes_inserts,
        p.puballtables OR EXISTS (
            SELECT 1 FROM pg_publication_tables t
-           WHERE t.pubname = p.pubname AND t.schemaname = %(schema)s
-             AND t.tablename = %(table)s
+           WHERE t.pubname = p.pubname AND t.schemaname = %(schema)s::text
+             AND t.tablename = %(table)s::text
        ) AS covers_outbox
-FROM pg_publication p WHERE p.pubname = %(publication)s;
+FROM pg_publication p WHERE p.pubname = %(publication)s::text;
 
 -- name: emit_message_allowed
 SELECT coalesce(bool_or(has_function_privilege(p.oid, 'EXECUTE')), false) AS allowed
 FROM pg_proc p WHERE p.proname = 'pg_logical_emit_message';
 
 -- name: privileges
-SELECT has_schema_privilege(%(schema)s, 'USAGE') AS schema_usage,
-       has_table_privilege(format('%%I.%%I', %(schema)s, %(table)s), 'SELECT') AS can_select,
-       has_table_privilege(format('%%I.%%I', %(schema)s, %(table)s), 'UPDATE') AS can_update,
-       has_table_privilege(format('%%I.%%I', %(schema)s, %(table)s), 'DELETE') AS can_delete;
+SELECT has_schema_privilege(%(schema)s::text, 'USAGE') AS schema_usage,
+       has_table_privilege(outbox, 'SELECT') AS can_select,
+       has_table_privilege(outbox, 'UPDATE') AS can_update,
+       has_table_privilege(outbox, 'DELETE') AS can_delete
+FROM (SELECT format('%%I.%%I', %(schema)s::text, %(table)s::text) AS outbox) AS target;
 
 -- name: outbox_exists
 SELECT to_regclass(format('%%I.%%I', %(schema)s::text, %(table)s::text)) IS NOT NULL AS found;
