@@ -6,7 +6,7 @@ import json
 
 import click
 
-from relay import admin_cli, config, migrate
+from relay import admin_cli, config, migrate, roles
 from relay.config import Settings
 from relay.demo import demo_command
 from relay.errors import ConfigError
@@ -78,6 +78,35 @@ def migrate_command(settings: Settings, *, print_sql: bool) -> None:
             click.echo(f"applied {migration.version:04d}_{migration.name}")
     else:
         click.echo(f"{settings.schema}.{settings.table} is up to date")
+
+
+@main.command(name="grants")
+@click.option(
+    "--relay-role", "relay_roles", multiple=True, metavar="ROLE", help="The relay's role."
+)
+@click.option(
+    "--app-role", "app_roles", multiple=True, metavar="ROLE", help="A service's role (repeat)."
+)
+@click.option("--apply", "apply_now", is_flag=True, help="Run the grants instead of printing.")
+@with_settings
+def grants_command(
+    settings: Settings, *, relay_roles: tuple[str, ...], app_roles: tuple[str, ...], apply_now: bool
+) -> None:
+    """Print (or --apply) least-privilege grants on the outbox.
+
+    The relay's role may read, update and delete outbox rows (and, with --mode wal,
+    replicate); services' roles may only insert events. The roles must exist.
+
+    \b
+    Examples:
+      outbox-relay grants --relay-role relay --app-role orders_service
+      outbox-relay grants --mode wal --relay-role relay --apply --database-url ...
+    """
+    if apply_now:
+        roles.apply(settings, relay_roles=relay_roles, app_roles=app_roles)
+        click.echo(f"granted on {settings.schema}.{settings.table}")
+    else:
+        click.echo(roles.script(settings, relay_roles=relay_roles, app_roles=app_roles), nl=False)
 
 
 main.add_command(demo_command)
