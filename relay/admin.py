@@ -471,6 +471,9 @@ class Status:
     #: False when the walk counting sent events hit its limit: counts are lower bounds.
     sent_counts_complete: bool
     slot: SlotStatus | None = None
+    #: False with ``on_sent = none``: rows stay pending after they are published, so the
+    #: table cannot tell what waits (the slot can).
+    pending_known: bool = True
 
     @property
     def pending(self) -> int:
@@ -506,20 +509,21 @@ class Status:
 
     def as_json(self) -> dict[str, Any]:
         """The snapshot as plain JSON values."""
+        known = self.pending_known
         return {
             "now": self.now.isoformat(),
-            "pending": self.pending,
+            "pending": self.pending if known else None,
             "parked": self.parked,
-            "oldest_pending_at": _iso(self.oldest_pending_at),
-            "oldest_pending_age_s": round(self.oldest_pending_age_s, 3),
+            "oldest_pending_at": _iso(self.oldest_pending_at) if known else None,
+            "oldest_pending_age_s": round(self.oldest_pending_age_s, 3) if known else None,
             "sent_last_minute": self.sent_last_minute,
             "sent_last_hour": self.sent_last_hour,
             "sent_counts_complete": self.sent_counts_complete,
             "topics": [
                 {
                     "topic": t.topic,
-                    "pending": t.pending,
-                    "oldest_pending_at": _iso(t.oldest_pending_at),
+                    "pending": t.pending if known else None,
+                    "oldest_pending_at": _iso(t.oldest_pending_at) if known else None,
                     "parked": t.parked,
                     "sent_last_minute": t.sent_last_minute,
                     "sent_last_hour": t.sent_last_hour,
@@ -664,7 +668,13 @@ def status(conn: Connection, settings: Settings) -> Status:
             )
         )
     slot = slot_status(conn, settings) if settings.mode is Mode.WAL else None
-    return Status(now=now, topics=tuple(topics), sent_counts_complete=complete, slot=slot)
+    return Status(
+        now=now,
+        topics=tuple(topics),
+        sent_counts_complete=complete,
+        slot=slot,
+        pending_known=settings.on_sent is not OnSent.NONE,
+    )
 
 
 # --- retry and skip ---------------------------------------------------------------------

@@ -240,6 +240,11 @@ def status_command(
     Exit codes: 0 healthy; 1 a threshold is exceeded, the WAL slot is missing, lost or
     inactive, or the database is unreachable; 2 bad input.
     """
+    if settings.on_sent is OnSent.NONE and (max_lag or max_pending is not None):
+        raise BadInputError(
+            "--max-lag and --max-pending need --on-sent mark or delete: with none, rows "
+            "stay pending once published (the slot shows what is left)"
+        )
     thresholds = admin.Thresholds(
         max_lag_s=admin.parse_seconds(max_lag, "--max-lag") if max_lag else None,
         max_parked=max_parked,
@@ -267,10 +272,10 @@ def _print_status(snapshot: admin.Status, found: list[str]) -> None:
     rows = [
         [
             t.topic,
-            f"{t.pending:,}",
+            f"{t.pending:,}" if snapshot.pending_known else "-",
             format_age(
                 (snapshot.now - t.oldest_pending_at).total_seconds()
-                if t.oldest_pending_at
+                if t.oldest_pending_at and snapshot.pending_known
                 else None
             ),
             f"{t.parked:,}",
@@ -283,8 +288,13 @@ def _print_status(snapshot: admin.Status, found: list[str]) -> None:
     if rows:
         click.echo(render_table(headers, rows))
         click.echo()
-    click.echo(
+    pending = (
         f"pending {snapshot.pending:,} (oldest {format_age(snapshot.oldest_pending_age_s)})"
+        if snapshot.pending_known
+        else "pending - (on_sent none: rows are never marked)"
+    )
+    click.echo(
+        f"{pending}"
         f"  parked {snapshot.parked:,}"
         f"  sent last minute {_count(snapshot.sent_last_minute, complete=complete)}"
         f"  last hour {_count(snapshot.sent_last_hour, complete=complete)}"

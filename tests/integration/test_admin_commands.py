@@ -155,6 +155,23 @@ def test_status_in_wal_mode_reports_the_slot(database_url: str) -> None:
     assert any("inactive" in problem for problem in status["problems"])
 
 
+def test_status_with_rows_never_marked_does_not_pretend_to_know_what_is_pending(
+    database_url: str,
+) -> None:
+    add_events(database_url, 3, topic="orders", age_s=600)
+    args = ("status", "--database-url", database_url, "--mode", "wal", "--on-sent", "none")
+    result = cli(*args, "--json")
+    status = json.loads(result.stdout)
+    assert (status["pending"], status["oldest_pending_age_s"], status["sent_last_hour"]) == (
+        None,
+        None,
+        None,
+    )
+    refused = cli(*args, "--max-lag", "30s")
+    assert refused.exit_code == 2
+    assert "--max-lag and --max-pending need --on-sent mark or delete" in refused.stderr
+
+
 def test_status_reports_bad_input_and_a_missing_database_in_one_line(database_url: str) -> None:
     bad = cli("status", "--database-url", database_url, "--max-lag", "30x")
     assert bad.exit_code == 2
