@@ -239,6 +239,10 @@ class RelayLoop:
                 )
         if acknowledgement.sent:
             self._health.broker_connected = True
+        elif acknowledgement.unsettled and not acknowledgement.failed:
+            # Nothing acknowledged, nothing rejected: every event met a retriable error
+            # (connection lost, timeout). /readyz says so until a batch gets through.
+            self._health.broker_connected = False
         if acknowledgement.complete:
             stats.consecutive_failures = 0
             self._health.progressed(self._monotonic())
