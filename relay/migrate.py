@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.resources
 import re
-from collections.abc import Iterator
+from collections.abc import Container, Iterator
 from pathlib import Path
 from typing import Final
 
@@ -86,8 +86,8 @@ def _steps(
         )
 
 
-def script(settings: Settings) -> str:
-    """All migrations as one SQL script, for psql or another migration tool."""
+def script(settings: Settings, *, versions: Container[int] | None = None) -> str:
+    """All migrations (or those in `versions`) as one SQL script, for psql or another tool."""
     names = names_for(settings)
     parts = [
         (
@@ -97,7 +97,8 @@ def script(settings: Settings) -> str:
         relay_sql.render("CREATE SCHEMA IF NOT EXISTS {schema};", names).as_string(),
         relay_sql.render(_VERSION_TABLE, names).as_string(),
     ]
-    for migration, statement in _steps(settings, migrations()):
+    chosen = [m for m in migrations() if versions is None or m.version in versions]
+    for migration, statement in _steps(settings, chosen):
         parts.append(f"-- {migration.version:04d}_{migration.name}")
         parts.append(statement.as_string())
     return "\n\n".join(parts) + "\n"
