@@ -9,7 +9,7 @@ import pytest
 from tests.support import run_cli
 
 
-@pytest.mark.parametrize("mode", ["poll"])
+@pytest.mark.parametrize("mode", ["poll", "wal"])
 def test_demo_relays_every_event(mode: str) -> None:
     result = run_cli("demo", "--events", "1000", "--rate", "0", "--mode", mode, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
