@@ -29,11 +29,6 @@ from relay.options import with_settings
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-EXIT_CODES_HELP: Final = """\
-\b
-Exit codes: 0 done, 1 unhealthy or database/broker error, 2 bad input,
-3 nothing matched."""
-
 #: How often a progress display that is not a terminal prints a line.
 PROGRESS_LINE_INTERVAL_S: Final = 2.0
 #: How often `replay --wait` asks how many copies are still pending.
@@ -370,6 +365,9 @@ def inspect_command(
       outbox-relay inspect --state pending --limit 500 --after-id 1200345
       outbox-relay inspect --newest-first --limit 10
       outbox-relay inspect --state sent --since 2026-01-31T12:00 --jsonl | jq .payload
+
+    \b
+    Exit codes: 0 listed (also an empty page); 1 database error; 2 bad input.
     """
     if as_json and as_jsonl:
         raise BadInputError("choose one of --json and --jsonl")
@@ -539,6 +537,8 @@ def replay_command(
     event_id> (and a new event_id). The relay publishes them like any new event: the
     per-key order of everything it publishes holds, and no second producer competes
     with it. --rate paces the inserts; --wait follows the relay until all are sent.
+    A relay --topic-template that does not use {topic} routes the copies as it routes
+    every event, whatever --to-topic says.
 
     \b
     Examples:
@@ -563,6 +563,8 @@ def replay_command(
     _require_filter_or_all(selection, everything=everything, what="replay")
     if to_topic is not None:
         admin.check_topic_name(to_topic)
+    if wait_timeout and not wait:
+        raise BadInputError("--wait-timeout needs --wait")
     timeout_s = admin.parse_seconds(wait_timeout, "--wait-timeout") if wait_timeout else None
     if wait and settings.on_sent is OnSent.NONE:
         raise BadInputError("--wait needs --on-sent mark or delete: with none rows never change")
