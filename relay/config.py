@@ -302,10 +302,15 @@ def parse_duration(value: str) -> float:
 def libpq_url(url: str) -> str:
     """Check a PostgreSQL URL and return it without an SQLAlchemy ``+driver`` suffix."""
     url = re.sub(r"^postgres(?:ql)?\+\w+://", "postgresql://", url)
+    scheme = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*)://", url)
+    if scheme and scheme[1] not in {"postgresql", "postgres"}:
+        raise ConfigError(f"malformed database URL: expected postgresql://..., got {scheme[0]}...")
     try:
         psycopg.conninfo.conninfo_to_dict(url)
     except psycopg.ProgrammingError as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else "unparsable"
+        # libpq quotes the whole URL, password included: errors end up in logs.
+        reason = reason.replace(url, mask_url(url))
         raise ConfigError(f"malformed database URL: {reason}") from None
     return url
 
