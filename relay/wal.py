@@ -660,12 +660,38 @@ class WalSource:
         if not count:
             return ()
         batch = [queue.popleft() for _ in range(count)]
+        if self._park_keys and self._parked_keys:
+            batch = await self._hold_parked_keys(batch, max_events)
         if not queue:
             self._has_events.clear()
         if len(queue) < MAX_QUEUED_EVENTS:
             self._room.set()
         self._fetched.events.extend(batch)
         return batch
+
+    async def _hold_parked_keys(
+        self, batch: list[OutboxEvent], max_events: int
+    ) -> list[OutboxEvent]:
+        """Leave out events whose key waits behind a parked event (``--poison park``).
+
+        A held row stays pending in the table, and the sweep after an operator's release
+        publishes it; a held table-less event becomes such a row. Either way the stream
+        counts it as settled, so the slot moves on.
+        """
+        kept: list[OutboxEvent] = []
+        parked_keys = self._parked_keys
+        queue = self._queue
+        while batch:
+            for event in batch:
+                if event.key is None or event.key not in parked_keys:
+                    kept.append(event)
+                    continue
+                if not event.id:
+                    await self._hold_message(event)
+                if event.lsn:
+                    self._tracker.done(event.lsn)
+            batch = [queue.popleft() for _ in range(min(max_events - len(kept), len(queue)))]
+        return kept
 
     async def wait(self, timeout_s: float) -> None:
         """Return when events are queued or the stream broke, or after `timeout_s`."""
@@ -873,8 +899,9 @@ class WalSource:
         except psycopg.Error as exc:
             raise DatabaseError(f"cannot read parked events: {first_line(exc)}") from None
         self._parked_checked_s = time.monotonic()
-        released = self._parked_ids - parked.keys()
-        self._parked_ids, self._parked_keys = parked_state(parked)
+        parked_ids, parked_keys = parked_state(parked)
+        released = (self._parked_ids - parked_ids) or (self._parked_keys - parked_keys)
+        self._parked_ids, self._parked_keys = parked_ids, parked_keys
         if released:
             log.info("parked events released; publishing pending rows again", events=len(released))
             try:
@@ -1067,8 +1094,11 @@ class WalSource:
                     "attempts": failed.attempts,
                 },
             )
-        if failed.park and event.key is not None:
-            self._parked_keys.add(event.key)
+        if failed.park:
+            if event.id:
+                self._parked_ids.add(event.id)
+            if event.key is not None:
+                self._parked_keys.add(event.key)
 
     # -- Confirming, heartbeats, lag ------------------------------------------------------
 
