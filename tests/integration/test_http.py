@@ -161,12 +161,37 @@ def test_readyz_turns_unready_when_the_broker_stops_and_ready_when_it_returns(
             wait_until("/readyz 503", lambda: relay.get("/readyz")[0] == 503)
             assert relay.get("/readyz") == (503, "not connected to the broker\n")
             assert relay.get("/healthz") == (200, "ok\n")  # alive: no restart needed
+            wait_until(
+                "2 pending events on /metrics",
+                lambda: sample(relay.port, "outbox_relay_pending_events") == 2,
+            )
+            assert sample(relay.port, "outbox_relay_oldest_unsent_age_seconds") > 0
 
             broker.start()  # same port, empty storage
             wait_until("/readyz 200 again", lambda: relay.get("/readyz")[0] == 200)
             wait_until("5 events published", lambda: sample(relay.port, *published) == 5)
+            wait_until(
+                "no pending events on /metrics",
+                lambda: sample(relay.port, "outbox_relay_pending_events") == 0,
+            )
             # The two events written while the broker was down reached the new broker.
             records = asyncio.run(consume(broker.bootstrap_servers, [topic], expected=2))
             assert len({record.event_id for record in records}) == 2
     finally:
         broker.stop()
+
+
+def test_wal_mode_reports_the_slot_on_metrics(
+    settings: Settings, topic: str, tmp_path: Path
+) -> None:
+    with running_relay(settings, tmp_path, "--mode", "wal") as relay:
+        wait_until("/readyz 200", lambda: relay.get("/readyz") == (200, "ready\n"))
+        assert sample(relay.port, "outbox_relay_leader") == 1
+        publish(settings.database_url, topic, 30)
+        published = ("outbox_relay_events_published_total", {"topic": topic})
+        wait_until("30 events published", lambda: sample(relay.port, *published) == 30)
+        # The slot holds WAL since its restart point: the relay reports it (every 5 s).
+        wait_until(
+            "WAL retained by the slot on /metrics",
+            lambda: sample(relay.port, "outbox_relay_wal_retained_bytes") > 0,
+        )
