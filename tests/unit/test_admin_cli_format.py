@@ -48,3 +48,21 @@ def test_progress_off_a_terminal_prints_a_line_every_few_seconds_and_the_last() 
     lines = stream.getvalue().splitlines()
     assert [line.split()[0] for line in lines] == ["10/100", "50/100", "100/100"]
     assert lines[-1].endswith("done")
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_on_a_terminal_rewrites_one_line() -> None:
+    stream = _Terminal()
+    now = [0.0]
+    progress = Progress(4, "published", stream=stream, clock=lambda: now[0])
+    for done in range(1, 5):
+        now[0] = done * 0.1
+        progress.update(done, final=done == 4)
+    output = stream.getvalue()
+    assert output.count("\r\x1b[2K") == 4
+    assert output.count("\n") == 1
+    assert output.endswith("4/4 published  100%  10/s  done\n")
