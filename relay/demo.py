@@ -35,6 +35,7 @@ import click
 from relay import migrate
 from relay.config import Mode, Settings
 from relay.embedded import EmbeddedBroker, EmbeddedPostgres, broker_binary, free_port
+from relay.errors import first_line
 
 TOPIC: Final = "demo.orders"
 #: Seconds between progress updates: a refreshing line on a terminal, else log lines.
@@ -462,10 +463,13 @@ def run_demo(events: int, rate: float, mode: Mode, customers: int, stream: IO[st
                 asyncio.run(_run(demo, relay))
             except KeyboardInterrupt:
                 demo.interrupted.set()
+            except Exception as exc:  # noqa: BLE001 - reported in one line with the summary
+                demo.failure = f"{type(exc).__name__}: {first_line(exc)}"
         elapsed_s = time.monotonic() - demo.started_s
         progress.say("")
         if demo.failure:
-            progress.say(f"stopped early: {demo.failure}; last lines of the relay's log:")
+            progress.say(f"stopped early: {demo.failure}")
+            progress.say("last lines of the relay's log:")
             for line in _last_lines(relay_log):
                 progress.say(f"  {line}")
         for line in summary_lines(demo.tally, demo.written, elapsed_s):
