@@ -460,6 +460,8 @@ class SlotStatus:
     #: ``max_slot_wal_keep_size`` in bytes, -1 for unlimited.
     max_slot_wal_keep_size: int = -1
     sender_state: str | None = None
+    plugin: str | None = None
+    database: str | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -639,6 +641,8 @@ def slot_status(conn: psycopg.Connection[Any], settings: Settings) -> SlotStatus
         safe_wal_size=row["safe_wal_size"],
         max_slot_wal_keep_size=keep,
         sender_state=row["sender_state"],
+        plugin=row["plugin"],
+        database=row["database"],
     )
 
 

@@ -329,6 +329,35 @@ def check_publication(facts: DatabaseFacts, settings: Settings) -> Check:
     return Check(name, Level.OK, f"{settings.publication} publishes inserts of {outbox}")
 
 
+def _slot_unusable(facts: DatabaseFacts) -> Check | None:
+    """A slot the relay cannot stream from: another plugin, another database, WAL lost."""
+    name = "replication slot"
+    slot = facts.slot
+    if slot.plugin is not None and slot.plugin != "pgoutput":
+        return Check(
+            name,
+            Level.FAIL,
+            f"slot {slot.slot_name} decodes with {slot.plugin}; the relay needs pgoutput",
+            "pick another --slot-name, or drop this slot if nothing else uses it",
+        )
+    if slot.database is not None and slot.database != facts.database:
+        return Check(
+            name,
+            Level.FAIL,
+            f"slot {slot.slot_name} belongs to database {slot.database}, not {facts.database}",
+            "give each database's relay its own --slot-name",
+        )
+    if slot.wal_status == "lost":
+        return Check(
+            name,
+            Level.FAIL,
+            f"slot {slot.slot_name} lost WAL it needed",
+            f"SELECT pg_drop_replication_slot('{slot.slot_name}'), restart the relay, and "
+            "replay what was missed (outbox-relay replay)",
+        )
+    return None
+
+
 def check_slot(facts: DatabaseFacts, settings: Settings) -> Check:
     """The slot is there and has not lost (or is not about to lose) the WAL it needs."""
     name = "replication slot"
@@ -342,12 +371,8 @@ def check_slot(facts: DatabaseFacts, settings: Settings) -> Check:
             f"slot {slot.slot_name} does not exist yet",
             "the relay creates it on its first start in wal mode",
         )
-    drop = (
-        f"SELECT pg_drop_replication_slot('{slot.slot_name}'), restart the relay, and "
-        "replay what was missed (outbox-relay replay)"
-    )
-    if slot.wal_status == "lost":
-        return Check(name, Level.FAIL, f"slot {slot.slot_name} lost WAL it needed", drop)
+    if unusable := _slot_unusable(facts):
+        return unusable
     retained = admin.format_bytes(slot.retained_bytes)
     if slot.wal_status == "unreserved":
         return Check(

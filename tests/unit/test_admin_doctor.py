@@ -100,6 +100,9 @@ def test_slot_states() -> None:
     assert slot(active=False) is Level.WARN
     assert slot(wal_status="unreserved") is Level.WARN
     assert slot(wal_status="lost") is Level.FAIL
+    assert slot(plugin="test_decoding") is Level.FAIL
+    assert slot(database="other") is Level.FAIL
+    assert slot(plugin="pgoutput", database="app") is Level.OK
 
 
 def test_wal_retention() -> None:
