@@ -12,6 +12,7 @@ import uuid
 from typing import Any
 
 import psycopg
+import pytest
 from click.testing import CliRunner, Result
 
 from relay import admin
@@ -485,3 +486,26 @@ def test_replay_refuses_empty_or_unbounded_selections_and_bad_topics(database_ur
     bad_topic = cli("replay", "--database-url", database_url, "--all", "--to-topic", "a b")
     assert bad_topic.exit_code == 2
     assert "invalid topic 'a b'" in bad_topic.stderr
+
+
+def test_replay_rate_limit_paces_small_batches(database_url: str) -> None:
+    add_events(database_url, 100, topic="orders", state="sent", sent_age_s=5)
+    settings = Settings(database_url=database_url)
+    now = [0.0]
+    pauses: list[float] = []
+    progress: list[int] = []
+
+    def sleep(seconds: float) -> None:
+        pauses.append(seconds)
+        now[0] += seconds
+
+    with admin.connect(settings) as conn:
+        plan = admin.plan_replay(conn, settings, Selection(topics=("orders",)))
+        result = admin.replay(
+            conn, plan, settings, rate=40, on_progress=progress.append,
+            clock=lambda: now[0], sleep=sleep,
+        )  # fmt: skip
+    assert result.copied == 100
+    # Batches of at most one second's worth, each followed by the wait that keeps 40/s.
+    assert progress == [40, 80, 100]
+    assert now[0] == pytest.approx(100 / 40)
