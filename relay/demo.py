@@ -235,7 +235,7 @@ class Demo:
         async with await psycopg.AsyncConnection.connect(self.settings.conninfo) as conn:
             await conn.execute(_CREATE_ORDERS)
             await conn.commit()
-            start = time.monotonic()
+            start = self.started_s = time.monotonic()
             while self.written < self.events and not self.interrupted.is_set():
                 count = due(self.rate, time.monotonic() - start, self.written, self.events)
                 if count == 0:
