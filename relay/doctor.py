@@ -213,10 +213,10 @@ async def broker_facts(settings: Settings, timeout_s: float = BROKER_TIMEOUT_S) 
         with contextlib.suppress(Exception):
             await asyncio.wait_for(client.start(), timeout_s)
             resource = ConfigResource(
-                ConfigResourceType.BROKER, str(brokers[0]["node_id"]), [AUTO_CREATE_CONFIG]
+                ConfigResourceType.BROKER, str(brokers[0]["node_id"]), {AUTO_CREATE_CONFIG: None}
             )
             responses = await asyncio.wait_for(client.describe_configs([resource]), timeout_s)
-            auto_create = _auto_create(responses)
+            auto_create = auto_create_from(responses)
         with contextlib.suppress(Exception):
             await client.close()
     return BrokerFacts(
@@ -227,7 +227,8 @@ async def broker_facts(settings: Settings, timeout_s: float = BROKER_TIMEOUT_S) 
     )
 
 
-def _auto_create(responses: Sequence[Any]) -> bool | None:
+def auto_create_from(responses: Sequence[Any]) -> bool | None:
+    """``auto.create.topics.enable`` from DescribeConfigs responses, None when absent."""
     for response in responses:
         for resource in getattr(response, "resources", []):
             error_code, entries = resource[0], resource[4]

@@ -170,3 +170,16 @@ def test_broker_client_uses_the_relay_security_settings() -> None:
     assert options["bootstrap_servers"] == "k1:9093,k2:9093"
     assert (options["sasl_mechanism"], options["sasl_plain_username"]) == ("SCRAM-SHA-512", "relay")
     assert "acks" not in options
+
+
+def test_auto_create_is_read_from_describe_configs() -> None:
+    class Response:
+        def __init__(self, *resources: object) -> None:
+            self.resources = list(resources)
+
+    entry = ("auto.create.topics.enable", "false", False, False, False)
+    assert doctor.auto_create_from([Response((0, None, 4, "1", [entry]))]) is False
+    on = ("auto.create.topics.enable", "true", False, True, False)
+    assert doctor.auto_create_from([Response((0, None, 4, "1", [on]))]) is True
+    assert doctor.auto_create_from([Response((42, "denied", 4, "1", []))]) is None
+    assert doctor.auto_create_from([]) is None
