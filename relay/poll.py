@@ -71,18 +71,38 @@ async def connect(conninfo: str) -> psycopg.AsyncConnection[Any]:
         raise _translate(exc, "cannot connect to PostgreSQL") from None
 
 
+#: Session settings of the fetching connection. The fetch must walk the partial index of
+#: pending rows in id order and stop after the batch; right after a burst of inserts the
+#: table's statistics lag (autovacuum has not analysed it yet), and the planner, thinking
+#: few rows match, prefers a bitmap scan of *every* pending row plus a sort: 300 ms
+#: instead of 10 ms per batch on a 100k backlog. Only this session is affected.
+FETCH_SESSION: Final = (
+    sql.SQL("SET enable_bitmapscan = off"),
+    sql.SQL("SET enable_seqscan = off"),
+    sql.SQL("SET enable_sort = off"),
+)
+
+
 class _Connection:
     """One connection used by one task at a time, re-opened after it broke."""
 
-    def __init__(self, conninfo: str, purpose: str) -> None:
+    def __init__(self, conninfo: str, purpose: str, session: tuple[sql.SQL, ...] = ()) -> None:
         self._conninfo = conninfo
         self._purpose = purpose
+        self._session = session
         self._conn: psycopg.AsyncConnection[Any] | None = None
         self._lock = asyncio.Lock()
 
     async def _get(self) -> psycopg.AsyncConnection[Any]:
         if self._conn is None or self._conn.closed:
-            self._conn = await connect(self._conninfo)
+            conn = await connect(self._conninfo)
+            try:
+                for statement in self._session:
+                    await conn.execute(statement)
+            except psycopg.Error as exc:
+                await conn.close()
+                raise _translate(exc, f"{self._purpose} failed") from None
+            self._conn = conn
         return self._conn
 
     async def execute(self, query: sql.Composed, params: dict[str, Any]) -> list[_Row]:
@@ -159,7 +179,7 @@ class PollSource:
         self._q_listen = relay_sql.query("poll", "listen", names)
         self._park = park
         conninfo = settings.conninfo
-        self._fetcher = _Connection(conninfo, "fetching events")
+        self._fetcher = _Connection(conninfo, "fetching events", FETCH_SESSION)
         self._marker = _Connection(conninfo, "marking events")
         self._conninfo = conninfo
         #: Last id of the current scan; None: the next fetch starts a new scan.
