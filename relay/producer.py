@@ -17,7 +17,10 @@ are the last guard, for writers that bypass this module.
 
 Works with a SQLAlchemy `Session` or `Connection`, a psycopg `Connection` (sync), and a
 SQLAlchemy `AsyncSession` or `AsyncConnection`, a psycopg `AsyncConnection` (async, with
-the ``*_async`` functions). Use an `Outbox` for an outbox that is not ``public.outbox``.
+the ``*_async`` functions); scoped sessions (Flask-SQLAlchemy's ``db.session``) too. Use
+an `Outbox` for an outbox that is not ``public.outbox``. A psycopg connection in
+autocommit mode has no transaction to join: wrap the business writes and the events in
+``with conn.transaction():``.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import functools
 import json
 import math
 import re
+import sys
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final, TypeAlias
@@ -34,7 +38,7 @@ from typing import TYPE_CHECKING, Any, Final, TypeAlias
 import psycopg
 import sqlalchemy
 from psycopg import sql
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, scoped_session
 
 from relay import config
 from relay import sql as relay_sql
@@ -43,7 +47,7 @@ from relay.errors import ConfigError, InvalidEventError
 if TYPE_CHECKING:
     # SQLAlchemy's asyncio module needs greenlet, which only its async users install.
     from sqlalchemy.ext.asyncio import AsyncConnection as SAAsyncConnection
-    from sqlalchemy.ext.asyncio import AsyncSession
+    from sqlalchemy.ext.asyncio import AsyncSession, async_scoped_session
 
 #: A value JSON can hold. Mappings and sequences are written as JSON objects and arrays.
 JsonValue: TypeAlias = (
@@ -64,8 +68,12 @@ MAX_JSON_DEPTH: Final = 100
 #: The default limit of `Outbox`, the same as ``outbox-relay migrate`` puts in the CHECK.
 DEFAULT_MAX_PAYLOAD_BYTES: Final = config.Settings().max_payload_bytes
 
-SyncConnection: TypeAlias = Session | sqlalchemy.Connection | psycopg.Connection[Any]
-AsyncConnection: TypeAlias = "AsyncSession | SAAsyncConnection | psycopg.AsyncConnection[Any]"
+SyncConnection: TypeAlias = (
+    Session | scoped_session[Any] | sqlalchemy.Connection | psycopg.Connection[Any]
+)
+AsyncConnection: TypeAlias = (
+    "AsyncSession | async_scoped_session[Any] | SAAsyncConnection | psycopg.AsyncConnection[Any]"
+)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -292,7 +300,7 @@ class Outbox:
         psycopg_statement, sqlalchemy_statement = _statements(self.schema, self.table)
         if isinstance(conn, psycopg.Connection):
             conn.execute(psycopg_statement, params)
-        elif isinstance(conn, Session | sqlalchemy.Connection):
+        elif isinstance(conn, Session | scoped_session | sqlalchemy.Connection):
             conn.execute(sqlalchemy_statement, params)
         else:
             raise TypeError(
@@ -326,11 +334,14 @@ class Outbox:
 
 
 def _is_sqlalchemy_async(conn: object) -> bool:
-    if not type(conn).__module__.startswith("sqlalchemy."):
-        return False  # and greenlet may be missing: do not import the asyncio extension
-    from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
-
-    return isinstance(conn, AsyncSession | AsyncConnection)
+    # Whoever holds an AsyncSession imported SQLAlchemy's asyncio extension already; the
+    # others may lack greenlet, which it needs, so it is never imported here.
+    extension = sys.modules.get("sqlalchemy.ext.asyncio")
+    if extension is None:
+        return False
+    return isinstance(
+        conn, extension.AsyncSession | extension.async_scoped_session | extension.AsyncConnection
+    )
 
 
 _COLUMNS: Final = (

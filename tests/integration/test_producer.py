@@ -10,7 +10,7 @@ import pytest
 import sqlalchemy
 from psycopg import errors
 from sqlalchemy.ext.asyncio import create_async_engine
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, scoped_session, sessionmaker
 
 from relay import migrate
 from relay.config import Settings
@@ -82,6 +82,35 @@ def test_sqlalchemy_connection(engine: sqlalchemy.Engine, database_url: str, top
         ids = publish_many(conn, _events(topic))
         assert _visible(database_url, ids) == 0
         conn.commit()
+    assert _visible(database_url, ids) == 3
+
+
+def test_sqlalchemy_scoped_session(
+    engine: sqlalchemy.Engine, database_url: str, topic: str
+) -> None:
+    # What Flask-SQLAlchemy's db.session is.
+    session = scoped_session(sessionmaker(engine))
+    try:
+        ids = publish_many(session, _events(topic))
+        assert _visible(database_url, ids) == 0
+        session.commit()
+    finally:
+        session.remove()
+    assert _visible(database_url, ids) == 3
+
+
+async def test_sqlalchemy_async_scoped_session(database_url: str, topic: str) -> None:
+    from sqlalchemy.ext.asyncio import async_scoped_session, async_sessionmaker
+
+    engine = create_async_engine(_sqlalchemy_url(database_url))
+    session = async_scoped_session(async_sessionmaker(engine), scopefunc=lambda: "test")
+    try:
+        ids = await publish_many_async(session, _events(topic))
+        assert _visible(database_url, ids) == 0
+        await session.commit()
+    finally:
+        await session.remove()
+        await engine.dispose()
     assert _visible(database_url, ids) == 3
 
 
