@@ -5,12 +5,12 @@ connection. PostgreSQL releases the lock the moment that session ends: the leade
 exiting, being killed (its socket closes), or losing its connection. Standbys try to take
 the lock every `RETRY_INTERVAL_S`, so one takes over within a few seconds.
 
-A leader that loses its connection loses the lock with it; it notices within
-`CHECK_INTERVAL_S` (a ``SELECT 1`` on the lock connection, bounded by `CHECK_TIMEOUT_S`)
-and stops relaying. Between the loss and the notice, the old leader may still publish
-the batch in flight while the new one starts: those events can be published twice (a
-crash window, like a kill). TCP keepalives on both ends bound how long a leader cut off
-by the network keeps the lock on the server.
+A leader that loses its connection loses the lock with it; it notices at once when the
+server ends the session (the idle socket turns readable), within `CHECK_INTERVAL_S`
+otherwise (a ``SELECT 1`` bounded by `CHECK_TIMEOUT_S`), and stops relaying. Between the
+loss and the notice, the old leader may still publish the batch in flight while the new
+one starts: those events can be published twice (a crash window, like a kill). TCP
+keepalives on both ends bound how long a leader cut off by the network keeps the lock.
 
 Both modes use it: poll mode so two relays never publish the same rows, WAL mode so a
 standby is ready when the slot's consumer dies.
@@ -32,7 +32,9 @@ from relay.poll import APPLICATION_NAME, CONNECT_TIMEOUT_S
 log = structlog.get_logger("relay.leadership")
 
 RETRY_INTERVAL_S: Final = 1.0
-CHECK_INTERVAL_S: Final = 1.0
+#: Seconds between ``SELECT 1`` on an idle lock connection (a closing server is noticed
+#: at once without it; this covers a silent network).
+CHECK_INTERVAL_S: Final = 10.0
 CHECK_TIMEOUT_S: Final = 10.0
 #: libpq and server-side keepalives: a silent peer is declared dead after ~11 s.
 _KEEPALIVES: Final = {
@@ -119,12 +121,29 @@ class Leadership:
         return bool(row and row[0])
 
     async def _check(self) -> None:
-        """Watch the lock connection; set `lost` when it stops answering."""
+        """Watch the lock connection; set `lost` when it fails.
+
+        Idle, the connection sends nothing: the server writing to it means it is ending
+        the session (shutdown, restart, ``pg_terminate_backend``), so waiting for the
+        socket to become readable notices that at once, at no cost. A ``SELECT 1`` every
+        `check_interval_s` covers a silent network (keepalives then break the socket).
+        """
+        loop = asyncio.get_running_loop()
         while True:
-            await asyncio.sleep(self._check_interval_s)
             conn = self._conn
             if conn is None:
                 return
+            readable = asyncio.Event()
+            try:
+                loop.add_reader(conn.fileno(), readable.set)
+            except (psycopg.Error, OSError, ValueError):
+                readable.set()  # already closed: the query below says how
+            try:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(readable.wait(), self._check_interval_s)
+            finally:
+                with contextlib.suppress(psycopg.Error, OSError, ValueError):
+                    loop.remove_reader(conn.fileno())
             try:
                 await asyncio.wait_for(conn.execute("SELECT 1"), CHECK_TIMEOUT_S)
             except (psycopg.Error, TimeoutError) as exc:

@@ -72,6 +72,8 @@ class LoopStats:
     parked: int = 0
     batches: int = 0
     consecutive_failures: int = 0
+    #: True while the last fetch found nothing due (the outbox is drained).
+    idle: bool = False
 
 
 class _Acknowledger:
@@ -182,6 +184,7 @@ class RelayLoop:
 
     async def _publish(self, batch: Sequence[OutboxEvent]) -> bool:
         """Publish one batch and hand its acknowledgement on; False when it was incomplete."""
+        self.stats.idle = False
         started = self._monotonic()
         result = await self._publisher.publish(batch)
         acknowledgement = decisions.settle(result, self._config.park_after_attempts)
@@ -240,6 +243,8 @@ class RelayLoop:
         if acknowledgement.sent:
             self._health.broker_connected = True
         elif acknowledgement.unsettled and not acknowledgement.failed:
+            self._health.broker_connected = False  # nothing got through: the broker is away
+        elif acknowledgement.unsettled and not acknowledgement.failed:
             # Nothing acknowledged, nothing rejected: every event met a retriable error
             # (connection lost, timeout). /readyz says so until a batch gets through.
             self._health.broker_connected = False
@@ -259,6 +264,7 @@ class RelayLoop:
         )
 
     async def _idle(self, stopping: asyncio.Task[bool]) -> None:
+        self.stats.idle = True
         self._health.progressed(self._monotonic())
         self._metrics.last_progress.set(time.time())
         waiting = asyncio.create_task(
