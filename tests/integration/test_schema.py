@@ -6,7 +6,9 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg import sql
 
+from relay import sql as relay_sql
 from relay.producer import Event, publish_many
 
 SENT_ROWS = 10_000_000
@@ -79,3 +81,27 @@ def test_the_pending_scan_stays_an_index_range_scan_beside_10_million_sent_rows(
         assert row is not None
         explained = row[0] if isinstance(row[0], list) else json.loads(row[0])
         _assert_pending_index_range_scan(explained[0]["Plan"])
+
+        # The poll relay's own queries, as it renders them, without its session settings.
+        conn.execute("RESET plan_cache_mode")
+        names = relay_sql.identifiers("public", "outbox")
+        for name in ("fetch_park", "fetch_skip"):
+            query = relay_sql.query("poll", name, names)
+            row = conn.execute(
+                sql.SQL("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) ") + query,
+                {"after": 0, "limit": 2000},
+            ).fetchone()
+            assert row is not None
+            explained = row[0] if isinstance(row[0], list) else json.loads(row[0])
+            plan = explained[0]["Plan"]
+            scans = {
+                (node["Node Type"], node.get("Index Name"))
+                for node in _nodes(plan)
+                if node.get("Relation Name") == "outbox"
+            }
+            assert ("Seq Scan", None) not in scans, (name, scans)
+            assert ("Index Scan", "outbox_pending") in scans, (name, scans)
+            # fetch_park probes the parked index once per pending row: pages grow with the
+            # batch, never with the sent rows (the table has over 100 000 pages).
+            pages = plan["Shared Hit Blocks"] + plan["Shared Read Blocks"]
+            assert pages < 4 * PENDING_ROWS, (name, pages)
