@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import subprocess
 import time
 import uuid
@@ -10,7 +11,7 @@ import psycopg
 import pytest
 from psycopg import errors
 
-from relay.embedded import EmbeddedPostgres
+from relay.embedded import EmbeddedBroker, EmbeddedPostgres
 from relay.producer import Event, publish_many
 from tests.support import run_cli
 
@@ -145,6 +146,20 @@ def test_wal_mode_with_messages_lets_the_relay_park_them_as_rows(
             " ON CONFLICT (event_id) DO NOTHING"
         )
         relay.commit()
+
+
+def test_doctor_finds_nothing_missing_for_the_relay_role_after_grants(
+    database_url: str, roles: Roles, broker: EmbeddedBroker
+) -> None:
+    _grant(database_url, roles, "--mode", "wal")
+    relay_url = database_url.replace("postgres@", f"{roles.relay}@", 1)
+    result = run_cli(
+        "doctor", "--json", "--mode", "wal", "--database-url", relay_url,
+        "--bootstrap-servers", broker.bootstrap_servers,
+    )  # fmt: skip
+    checks = {check["name"]: check["level"] for check in json.loads(result.stdout)["checks"]}
+    for name in ("migrations current", "replication privilege", "heartbeat", "role privileges"):
+        assert checks[name] == "ok", (name, result.stdout)
 
 
 def _acls(url: str) -> list[tuple[object, ...]]:
