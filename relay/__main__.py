@@ -2,4 +2,4 @@
 
 from relay.cli import main
 
-main()
+main(prog_name="outbox-relay")
