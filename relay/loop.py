@@ -87,6 +87,9 @@ class _Acknowledger:
     def __init__(self, source: Source) -> None:
         self._source = source
         self._tasks: collections.deque[asyncio.Task[None]] = collections.deque()
+        #: Set when an acknowledgement failed, until `drain` reported it. A fetch ahead
+        #: may be waiting for acknowledgements that will now never come.
+        self.failed = asyncio.Event()
 
     async def submit(self, acknowledgement: Acknowledgement) -> None:
         while self._tasks and self._tasks[0].done():
@@ -101,9 +104,13 @@ class _Acknowledger:
     async def _acknowledge(
         self, previous: asyncio.Task[None] | None, acknowledgement: Acknowledgement
     ) -> None:
-        if previous is not None:
-            await asyncio.shield(previous)
-        await self._source.acknowledge(acknowledgement)
+        try:
+            if previous is not None:
+                await asyncio.shield(previous)
+            await self._source.acknowledge(acknowledgement)
+        except Exception:
+            self.failed.set()
+            raise
 
     async def drain(self) -> None:
         """Wait for every acknowledgement; raise the first failure."""
@@ -114,6 +121,7 @@ class _Acknowledger:
                 await task
             except Exception as exc:  # noqa: BLE001 - re-raised below, once
                 failure = failure or exc
+        self.failed.clear()
         if failure is not None:
             raise failure
 
@@ -154,7 +162,7 @@ class RelayLoop:
             while not stop.is_set():
                 try:
                     if prefetch is not None:
-                        batch, prefetch = await prefetch, None
+                        batch, prefetch = await self._fetched_ahead(prefetch), None
                     else:
                         batch = await self._source.fetch(self._config.batch_size)
                 except DatabaseError as exc:
@@ -170,17 +178,35 @@ class RelayLoop:
                 )
                 complete = await self._publish(batch)
                 if not complete:
-                    await _discard(prefetch)
+                    await _cancel(prefetch)
                     prefetch = None
                     await self._recover("publish", None, stopping)
         finally:
             stopping.cancel()
             if prefetch is not None:
-                await _discard(prefetch)
+                await _cancel(prefetch)
             try:
                 await self._acks.drain()
             except DatabaseError as exc:
                 log.warning("last acknowledgement failed", error=str(exc))
+
+    async def _fetched_ahead(
+        self, prefetch: asyncio.Task[Sequence[OutboxEvent]]
+    ) -> Sequence[OutboxEvent]:
+        """The result of the fetch ahead; `DatabaseError` if an acknowledgement failed first.
+
+        A fetch that starts a new scan waits for every acknowledgement; after a failed
+        one, the later ones are skipped and it would wait forever.
+        """
+        failed = asyncio.create_task(self._acks.failed.wait(), name="ack-failed")
+        try:
+            await asyncio.wait({prefetch, failed}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            failed.cancel()
+        if not prefetch.done():
+            await _cancel(prefetch)
+            raise DatabaseError("an acknowledgement failed while fetching ahead")
+        return prefetch.result()
 
     async def _publish(self, batch: Sequence[OutboxEvent]) -> bool:
         """Publish one batch and hand its acknowledgement on; False when it was incomplete."""
@@ -312,6 +338,12 @@ class RelayLoop:
         except DatabaseError as exc:
             log.warning("rewind failed", error=first_line(exc))
         await asyncio.wait({stopping}, timeout=delay)
+
+
+async def _cancel(task: asyncio.Task[Sequence[OutboxEvent]]) -> None:
+    """Cancel a fetch ahead whose result no longer matters, and wait for it to end."""
+    task.cancel()
+    await _discard(task)
 
 
 async def _discard(task: asyncio.Task[object] | asyncio.Task[Sequence[OutboxEvent]]) -> None:

@@ -112,6 +112,10 @@ class _Connection:
             try:
                 cursor = await conn.execute(query, params)
                 return await cursor.fetchall() if cursor.description else []
+            except asyncio.CancelledError:
+                # A query cut short leaves the connection in an unknown state.
+                await self.close()
+                raise
             except psycopg.Error as exc:
                 if conn.broken or isinstance(exc, psycopg.OperationalError):
                     await self.close()

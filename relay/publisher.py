@@ -26,6 +26,9 @@ log = structlog.get_logger("relay.publisher")
 
 #: How long `start` waits for the cluster before giving up (the loop then retries).
 START_TIMEOUT_S: Final = 30.0
+#: How long `stop` waits for records still in flight before abandoning them (they were
+#: never acknowledged, so their rows stay pending).
+STOP_TIMEOUT_S: Final = 5.0
 #: Metadata is refreshed this often, so new partitions and moved leaders are seen soon.
 METADATA_MAX_AGE_MS: Final = 60_000
 
@@ -161,7 +164,7 @@ class KafkaPublisher:
         try:
             await asyncio.wait_for(producer.start(), START_TIMEOUT_S)
         except Exception as exc:  # noqa: BLE001 - aiokafka raises many kinds; all mean "cannot"
-            await _quietly_stop(producer)
+            await _quietly_stop(producer, STOP_TIMEOUT_S)
             raise BrokerError(
                 f"cannot connect to Kafka at {self._settings.bootstrap_servers}: {first_line(exc)}"
             ) from None
@@ -172,7 +175,7 @@ class KafkaPublisher:
         """Flush what is in flight and disconnect."""
         producer, self._producer = self._producer, None
         if producer is not None:
-            await _quietly_stop(producer)
+            await _quietly_stop(producer, STOP_TIMEOUT_S)
 
     async def _ensure_producer(self) -> None:
         if self._producer is not None and not self._fresh_producer_needed:
@@ -301,8 +304,8 @@ class KafkaPublisher:
         return decisions.batch_failures(count, f"{name}: {first_line(exc)}", kind)
 
 
-async def _quietly_stop(producer: AIOKafkaProducer) -> None:
+async def _quietly_stop(producer: AIOKafkaProducer, timeout_s: float) -> None:
     try:
-        await asyncio.wait_for(producer.stop(), START_TIMEOUT_S)
+        await asyncio.wait_for(producer.stop(), timeout_s)
     except Exception as exc:  # noqa: BLE001 - a producer being discarded may fail to close
         log.debug("kafka producer did not close cleanly", error=first_line(exc))

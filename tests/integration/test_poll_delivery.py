@@ -14,6 +14,7 @@ from aiokafka import AIOKafkaProducer
 
 from relay import decisions
 from relay.config import OnSent, Settings
+from relay.embedded import EmbeddedBroker
 from tests.integration.poll_stack import (
     all_sent,
     assert_per_key_order,
@@ -25,7 +26,7 @@ from tests.integration.poll_stack import (
     states,
     wait_until,
 )
-from tests.support import consume
+from tests.support import consume, run_cli
 
 
 async def partition_count(bootstrap_servers: str, topic: str) -> int:
@@ -150,3 +151,28 @@ def _sent_event_ids(database_url: str) -> set[str]:
         return {
             str(row[0]) for row in conn.execute("SELECT event_id FROM outbox WHERE state = 'sent'")
         }
+
+
+def test_a_database_without_the_outbox_is_one_clear_line_and_exit_1(
+    empty_database_url: str, broker: EmbeddedBroker
+) -> None:
+    result = run_cli(
+        "run",
+        "--database-url",
+        empty_database_url,
+        "--bootstrap-servers",
+        broker.bootstrap_servers,
+        "--log-level",
+        "error",
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        "outbox-relay: error: outbox table public.outbox not found: "
+        "run `outbox-relay migrate` first"
+    )
+
+
+def test_no_database_url_is_a_config_error() -> None:
+    result = run_cli("run")
+    assert result.returncode == 2
+    assert "no database URL" in result.stderr

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import dataclasses
 import json
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -221,3 +222,24 @@ async def test_with_poison_skip_the_key_flows_past_the_parked_event(
     records = await consume(settings.bootstrap_servers, [topic], expected=23)
     bad = sorted((r for r in records if r.key == "bad"), key=lambda r: r.offset)
     assert [payload_n(r) for r in bad] == [0, 2, 3]
+
+
+def test_sigterm_while_the_broker_hangs_still_exits_0_within_the_shutdown_timeout(
+    settings: Settings, topic: str, private_broker: EmbeddedBroker, tmp_path: Path
+) -> None:
+    settings = dataclasses.replace(settings, bootstrap_servers=private_broker.bootstrap_servers)
+    url = settings.database_url
+    with relay_process(settings, tmp_path / "relay.log", "--shutdown-timeout", "3") as relay:
+        insert_events(url, topic, 100)
+        wait_until("sent", all_sent(url, 100))
+        private_broker.pause()  # connections stay open, nothing is answered
+        try:
+            insert_events(url, topic, 100, start=100)
+            time.sleep(1)
+            relay.process.send_signal(signal.SIGTERM)
+            started = time.monotonic()
+            assert relay.process.wait(30) == 0
+            assert time.monotonic() - started < 3 + 5 + 2  # shutdown, producer stop, slack
+        finally:
+            private_broker.resume()
+    assert sent_count(url) == 100  # the unacknowledged batch stayed pending

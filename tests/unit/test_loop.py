@@ -181,3 +181,30 @@ async def test_stop_while_idle_returns_promptly() -> None:
     await asyncio.sleep(0.05)
     stop.set()
     await asyncio.wait_for(task, 1)
+
+
+class ScanWaitingSource(InMemorySource):
+    """Like the poll source: a fetch that starts a new scan waits for every acknowledgement."""
+
+    async def fetch(self, max_events: int) -> Sequence[OutboxEvent]:
+        while self._cursor == 0 and self._in_flight:
+            await asyncio.sleep(0.001)
+        return await super().fetch(max_events)
+
+
+async def test_a_failed_acknowledgement_does_not_leave_a_fetch_ahead_waiting_forever() -> None:
+    source = ScanWaitingSource([make_event(n, key=f"k{n}") for n in range(1, 4)])
+    publisher = RecordingPublisher()
+    loop = RelayLoop(source, publisher, CONFIG)
+    original = source.acknowledge
+    calls = 0
+
+    async def failing_once(acknowledgement: Acknowledgement) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            source.fail_next = "connection lost"
+        await original(acknowledgement)
+
+    source.acknowledge = failing_once  # type: ignore[method-assign]
+    await run_until(loop, lambda: len(sent_ids(source)) == 3, timeout_s=5)
