@@ -148,6 +148,8 @@ class RelayLoop:
         self._monotonic = monotonic
         self._random = random_unit
         self._acks = _Acknowledger(source)
+        #: The first failure of the last published batch, for the retry log line.
+        self._last_failure: str | None = None
         self.stats = LoopStats()
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -213,6 +215,7 @@ class RelayLoop:
         self.stats.idle = False
         started = self._monotonic()
         result = await self._publisher.publish(batch)
+        self._last_failure = next((f.error for f in result.failures if f is not None), None)
         acknowledgement = decisions.settle(result, self._config.park_after_attempts)
         self._observe(batch, acknowledgement, self._monotonic() - started)
         try:
@@ -328,8 +331,9 @@ class RelayLoop:
                 retry_in_s=round(delay, 2),
             )
         else:
-            log.info(
+            log.warning(
                 "batch not fully acknowledged, retrying from the oldest unsent event",
+                error=self._last_failure,
                 failures=stats.consecutive_failures,
                 retry_in_s=round(delay, 2),
             )
