@@ -7,10 +7,11 @@ autocommit queries over the partial index of pending rows.
 Scans. A scan reads forward from the oldest pending row, batch after batch, with
 ``id > last fetched id``, so the next batch is fetched while the previous one is still
 being published and marked. When a fetch comes back short (caught up), the next fetch
-starts a new scan from the oldest pending row, once every batch fetched so far is
-acknowledged. A new scan is how the relay finds rows that a forward cursor cannot see:
-rows of a transaction that committed after later ids were already read, rows released
-from ``parked`` by an operator, and rows left pending by a failed batch (`rewind`).
+starts a new scan from the oldest pending row, leaving out the rows fetched and not yet
+acknowledged (or, when they are many, once they are acknowledged). A new scan is how the
+relay finds rows that a forward cursor cannot see: rows of a transaction that committed
+after later ids were already read, rows released from ``parked`` by an operator, and
+rows left pending by a failed batch (`rewind`).
 
 Per-key order around parked rows (``--poison park``): the fetch leaves out events whose
 key has a parked row with a smaller id. An operator's release turns the parked row back
@@ -50,6 +51,9 @@ APPLICATION_NAME: Final = "outbox-relay"
 #: Seconds between attempts to re-open the LISTEN connection after it broke.
 LISTEN_RETRY_S: Final = 1.0
 CONNECT_TIMEOUT_S: Final = 10
+#: A new scan leaves out the rows still in flight by id when there are at most this many
+#: (low rates: no waiting for the previous batch's mark); above, it waits for the marks.
+MAX_EXCLUDED_IN_FLIGHT: Final = 1000
 
 _Row = tuple[Any, ...]
 
@@ -190,7 +194,8 @@ class PollSource:
         self._cursor: int | None = None
         #: Parked rows' (count, id sum) when the current scan began.
         self._signature: tuple[int, Decimal | int] | None = None
-        self._unacknowledged = 0
+        #: Ids fetched and not yet acknowledged: still pending in the table.
+        self._in_flight: set[int] = set()
         self._all_acknowledged = asyncio.Event()
         self._all_acknowledged.set()
         self._notified = asyncio.Event()
@@ -249,11 +254,13 @@ class PollSource:
         """The next pending events in id order (see the module docstring)."""
         while True:
             new_scan = self._cursor is None
-            if new_scan:
-                # Rows in flight are still pending: wait until they are settled.
+            if new_scan and len(self._in_flight) > MAX_EXCLUDED_IN_FLIGHT:
+                # Too many rows in flight to leave out by id: wait until they are marked.
                 await self._all_acknowledged.wait()
+            in_flight = list(self._in_flight) if new_scan else []
             rows = await self._fetcher.execute(
-                self._q_fetch, {"after": self._cursor or 0, "limit": max_events}
+                self._q_fetch,
+                {"after": self._cursor or 0, "limit": max_events, "in_flight": in_flight},
             )
             signature = (rows[0][0], rows[0][1]) if rows else (0, 0)
             if new_scan:
@@ -266,7 +273,7 @@ class PollSource:
             events = [event_from_row(row, template) for row in rows if row[2] is not None]
             self._cursor = events[-1].id if len(events) == max_events else None
             if events:
-                self._unacknowledged += 1
+                self._in_flight.update(event.id for event in events)
                 self._all_acknowledged.clear()
             return events
 
@@ -290,15 +297,16 @@ class PollSource:
         finally:
             # Even when marking failed: a new scan must not wait for it forever (the
             # loop rewinds, and the rows, still pending, are published again).
-            self._unacknowledged -= 1
-            if self._unacknowledged <= 0:
-                self._unacknowledged = 0
+            self._in_flight.difference_update(event.id for event in acknowledgement.sent)
+            self._in_flight.difference_update(event.id for event in acknowledgement.unsettled)
+            self._in_flight.difference_update(failed.event.id for failed in acknowledgement.failed)
+            if not self._in_flight:
                 self._all_acknowledged.set()
 
     async def rewind(self) -> None:
         """Forget what was fetched: the next fetch scans again from the oldest row."""
         self._cursor = None
-        self._unacknowledged = 0
+        self._in_flight.clear()
         self._all_acknowledged.set()
 
     async def backlog(self) -> Backlog:

@@ -6,7 +6,9 @@
 SELECT 1 FROM {outbox} LIMIT 0;
 
 -- name: fetch_park
--- The next pending events after %(after)s, in id order, without the events whose key has
+-- The next pending events after %(after)s, in id order, except the %(in_flight)s ones
+-- (fetched, not yet acknowledged: a new scan may start while a few are being marked),
+-- and without the events whose key has
 -- a parked event earlier in the outbox (they wait behind it). The parked rows' count and
 -- id sum come from the same snapshot: when they change in the middle of a scan, an
 -- operator released (or skipped) a parked event and the scan starts over, so the
@@ -24,6 +26,7 @@ LEFT JOIN LATERAL (
     FROM {outbox} AS e
     WHERE e.state = 'pending'
         AND e.id > %(after)s::bigint
+        AND e.id <> ALL(%(in_flight)s::bigint[])
         AND (e.key IS NULL OR NOT EXISTS (
             SELECT FROM {outbox} AS p
             WHERE p.state = 'parked' AND p.key = e.key AND p.id < e.id
@@ -39,6 +42,7 @@ SELECT 0::bigint AS parked_count, 0::numeric AS parked_sum,
     e.headers::text, e.event_type, e.aggregate_type, e.created_at, e.attempts
 FROM {outbox} AS e
 WHERE e.state = 'pending' AND e.id > %(after)s::bigint
+    AND e.id <> ALL(%(in_flight)s::bigint[])
 ORDER BY e.id
 LIMIT %(limit)s;
 
