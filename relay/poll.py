@@ -81,6 +81,8 @@ async def connect(conninfo: str) -> psycopg.AsyncConnection[Any]:
 #: few rows match, prefers a bitmap scan of *every* pending row plus a sort: 300 ms
 #: instead of 10 ms per batch on a 100k backlog. Only this session is affected.
 FETCH_SESSION: Final = (
+    # The disabled plans' huge costs must not make the planner compile the query.
+    sql.SQL("SET jit = off"),
     sql.SQL("SET enable_bitmapscan = off"),
     sql.SQL("SET enable_seqscan = off"),
     sql.SQL("SET enable_sort = off"),
@@ -193,7 +195,7 @@ class PollSource:
         #: Last id of the current scan; None: the next fetch starts a new scan.
         self._cursor: int | None = None
         #: Parked rows' (count, id sum) when the current scan began.
-        self._signature: tuple[int, Decimal | int] | None = None
+        self._signature: tuple[int, Decimal] | None = None
         #: Ids fetched and not yet acknowledged: still pending in the table.
         self._in_flight: set[int] = set()
         self._all_acknowledged = asyncio.Event()
@@ -262,10 +264,10 @@ class PollSource:
                 self._q_fetch,
                 {"after": self._cursor or 0, "limit": max_events, "in_flight": in_flight},
             )
-            signature = (rows[0][0], rows[0][1]) if rows else (0, 0)
+            signature = (rows[0][0], rows[0][1]) if rows else None
             if new_scan:
                 self._signature = signature
-            elif self._park and signature != self._signature:
+            elif self._park and signature is not None and signature != self._signature:
                 log.info("parked events changed; scanning again from the oldest pending event")
                 self._cursor = None
                 continue

@@ -12,28 +12,23 @@ SELECT 1 FROM {outbox} LIMIT 0;
 -- a parked event earlier in the outbox (they wait behind it). The parked rows' count and
 -- id sum come from the same snapshot: when they change in the middle of a scan, an
 -- operator released (or skipped) a parked event and the scan starts over, so the
--- released event goes before the later events of its key.
-WITH parked AS (
-    SELECT count(*) AS parked_count, coalesce(sum(id), 0) AS parked_sum
-    FROM {outbox}
-    WHERE state = 'parked'
-)
-SELECT parked.parked_count, parked.parked_sum, o.*
-FROM parked
-LEFT JOIN LATERAL (
-    SELECT e.id, e.event_id::text, e.topic, e.key, e.payload::text, e.payload_bytes,
-        e.headers::text, e.event_type, e.aggregate_type, e.created_at, e.attempts
-    FROM {outbox} AS e
-    WHERE e.state = 'pending'
-        AND e.id > %(after)s::bigint
-        AND e.id <> ALL(%(in_flight)s::bigint[])
-        AND (e.key IS NULL OR NOT EXISTS (
-            SELECT FROM {outbox} AS p
-            WHERE p.state = 'parked' AND p.key = e.key AND p.id < e.id
-        ))
-    ORDER BY e.id
-    LIMIT %(limit)s
-) AS o ON true;
+-- released event goes before the later events of its key. (No rows, no signature: an
+-- empty fetch ends the scan anyway.)
+SELECT
+    (SELECT count(*) FROM {outbox} WHERE state = 'parked') AS parked_count,
+    (SELECT coalesce(sum(id), 0) FROM {outbox} WHERE state = 'parked') AS parked_sum,
+    e.id, e.event_id::text, e.topic, e.key, e.payload::text, e.payload_bytes,
+    e.headers::text, e.event_type, e.aggregate_type, e.created_at, e.attempts
+FROM {outbox} AS e
+WHERE e.state = 'pending'
+    AND e.id > %(after)s::bigint
+    AND e.id <> ALL(%(in_flight)s::bigint[])
+    AND (e.key IS NULL OR NOT EXISTS (
+        SELECT FROM {outbox} AS p
+        WHERE p.state = 'parked' AND p.key = e.key AND p.id < e.id
+    ))
+ORDER BY e.id
+LIMIT %(limit)s;
 
 -- name: fetch_skip
 -- The next pending events after %(after)s, in id order; parked events block nothing.
