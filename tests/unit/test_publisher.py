@@ -1,13 +1,23 @@
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
+from aiokafka.errors import (
+    KafkaTimeoutError,
+    MessageSizeTooLargeError,
+    TopicAuthorizationFailedError,
+)
 
+from relay import decisions
 from relay.config import Settings
 from relay.errors import ConfigError
 from relay.events import OutboxEvent
-from relay.publisher import producer_options, record_too_large
+from relay.publisher import KafkaPublisher, producer_options, record_too_large
+from relay.testing import make_event
 
 SYSTEM_CA = Path("/etc/ssl/certs/ca-certificates.crt")
 
@@ -92,3 +102,142 @@ def test_records_over_the_request_size_are_permanent_failures() -> None:
     assert failure is not None
     assert not failure.retriable
     assert "larger than kafka_max_request_size (1000)" in failure.error
+
+
+# -- KafkaPublisher against a fake aiokafka producer -------------------------------------
+
+
+class FakeBatch:
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.records: list[tuple[bytes | None, bytes | None]] = []
+        self.closed = False
+
+    def append(
+        self,
+        *,
+        timestamp: int | None,  # noqa: ARG002 - aiokafka's signature
+        key: bytes | None,
+        value: bytes | None,
+        headers: list[Any],  # noqa: ARG002
+    ) -> object | None:
+        if len(self.records) >= self.capacity:
+            return None
+        self.records.append((key, value))
+        return object()
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class FakeProducer:
+    """Takes record batches like aiokafka; `fail` decides a batch's fate."""
+
+    def __init__(
+        self,
+        partitions: int = 3,
+        capacity: int = 100,
+        fail: Callable[[str, int, FakeBatch], Exception | None] | None = None,
+    ) -> None:
+        self.partitions = partitions
+        self.capacity = capacity
+        self.fail = fail or (lambda _topic, _partition, _batch: None)
+        self.delivered: list[tuple[str, int, bytes | None]] = []
+
+    async def partitions_for(self, topic: str) -> set[int]:  # noqa: ARG002
+        return set(range(self.partitions))
+
+    def create_batch(self) -> FakeBatch:
+        return FakeBatch(self.capacity)
+
+    async def send_batch(
+        self, batch: FakeBatch, topic: str, *, partition: int
+    ) -> asyncio.Future[None]:
+        assert batch.closed
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        error = self.fail(topic, partition, batch)
+        if error is None:
+            self.delivered.extend((topic, partition, key) for key, _ in batch.records)
+            future.set_result(None)
+        else:
+            future.set_exception(error)
+        return future
+
+    async def stop(self) -> None:
+        pass
+
+
+def kafka_publisher(producer: FakeProducer, **settings: Any) -> KafkaPublisher:
+    publisher = KafkaPublisher(Settings(kafka_enable_idempotence=False, **settings))
+    publisher._producer = producer
+    return publisher
+
+
+async def test_keys_go_to_their_murmur2_partition_and_null_keys_stick_per_call() -> None:
+    producer = FakeProducer(partitions=5)
+    events = [make_event(n, key=f"key-{n % 7}") for n in range(1, 30)] + [
+        make_event(100, key=None),
+        make_event(101, key=None),
+    ]
+    result = await kafka_publisher(producer).publish(events)
+    assert result.all_acknowledged
+    for topic, partition, key in producer.delivered:
+        assert topic == "t"
+        if key is not None:
+            assert partition == decisions.partition_for(key, 5)
+    null_partitions = {p for _, p, key in producer.delivered if key is None}
+    assert len(null_partitions) == 1
+
+
+async def test_a_record_too_large_is_poison_and_holds_back_its_key_only() -> None:
+    producer = FakeProducer()
+    big = make_event(2, key="a", value=b"x" * 5000)
+    events = [make_event(1, key="a"), big, make_event(3, key="a"), make_event(4, key="b")]
+    result = await kafka_publisher(producer, kafka_max_request_size=1000).publish(events)
+    failures = result.failures
+    assert failures[0] is None
+    assert failures[1] is not None
+    assert not failures[1].retriable
+    assert failures[2] is not None
+    assert failures[2].retriable
+    assert "held back" in failures[2].error
+    assert failures[3] is None
+    assert [key for _, _, key in producer.delivered] == [b"a", b"b"]
+
+
+async def test_a_failed_batch_holds_back_the_later_batches_of_its_partition() -> None:
+    key = "same"
+    calls = 0
+
+    def fail_first(_topic: str, _partition: int, _batch: FakeBatch) -> Exception | None:
+        nonlocal calls
+        calls += 1
+        return KafkaTimeoutError() if calls == 1 else None
+
+    producer = FakeProducer(capacity=2, fail=fail_first)
+    publisher = kafka_publisher(producer)
+    events = [make_event(n, key=key) for n in range(1, 6)]  # three record batches
+    result = await publisher.publish(events)
+    assert all(failure is not None and failure.retriable for failure in result.failures)
+    errors = [failure.error for failure in result.failures if failure is not None]
+    assert "KafkaTimeoutError" in errors[0]
+    assert "held back" in errors[2]
+    assert producer.delivered == []  # the later batches were never handed over
+    assert calls == 1
+    assert not publisher.connected  # a fresh client on the next call
+
+
+async def test_a_record_level_broker_error_charges_only_the_first_record() -> None:
+    producer = FakeProducer(fail=lambda *_: MessageSizeTooLargeError())
+    result = await kafka_publisher(producer).publish([make_event(1, "a"), make_event(2, "a")])
+    assert [f.retriable if f else None for f in result.failures] == [False, True]
+
+
+async def test_topic_errors_charge_every_event_and_invalid_names_never_reach_kafka() -> None:
+    producer = FakeProducer(fail=lambda *_: TopicAuthorizationFailedError())
+    denied = await kafka_publisher(producer).publish([make_event(1, "a"), make_event(2, "b")])
+    assert [f.retriable if f else None for f in denied.failures] == [False, False]
+
+    invalid = await kafka_publisher(FakeProducer()).publish([make_event(3, "a", topic="no spaces")])
+    assert invalid.failures[0] is not None
+    assert invalid.failures[0].error == "invalid topic name 'no spaces'"
