@@ -152,6 +152,8 @@ class KafkaPublisher:
         self._producer: Any = None
         self._fresh_producer_needed = False
         self._null_key_turn = itertools.count()
+        #: One connection attempt at a time (`start` may run while a publish reconnects).
+        self._connecting = asyncio.Lock()
 
     @property
     def connected(self) -> bool:
@@ -159,7 +161,13 @@ class KafkaPublisher:
         return self._producer is not None and not self._fresh_producer_needed
 
     async def start(self) -> None:
-        """Connect to the cluster; raise `BrokerError` when it cannot."""
+        """Connect to the cluster (no-op when connected); `BrokerError` when it cannot."""
+        async with self._connecting:
+            if not self.connected:
+                await self._reconnect()
+
+    async def _reconnect(self) -> None:
+        await self._close()
         producer = AIOKafkaProducer(**self._options)
         try:
             await asyncio.wait_for(producer.start(), START_TIMEOUT_S)
@@ -172,17 +180,25 @@ class KafkaPublisher:
         self._fresh_producer_needed = False
 
     async def stop(self) -> None:
-        """Flush what is in flight and disconnect."""
+        """Flush what is in flight (for at most `STOP_TIMEOUT_S`) and disconnect."""
+        async with self._connecting:
+            await self._close()
+
+    async def _close(self) -> None:
         producer, self._producer = self._producer, None
         if producer is not None:
             await _quietly_stop(producer, STOP_TIMEOUT_S)
 
     async def _ensure_producer(self) -> None:
-        if self._producer is not None and not self._fresh_producer_needed:
+        if self.connected:
             return
-        await self.stop()
-        await self.start()
-        log.info("kafka producer reconnected", bootstrap_servers=self._settings.bootstrap_servers)
+        async with self._connecting:
+            if self.connected:
+                return
+            reconnecting = self._producer is not None
+            await self._reconnect()
+        if reconnecting:
+            log.info("kafka producer reconnected", servers=self._settings.bootstrap_servers)
 
     async def publish(self, events: Sequence[OutboxEvent]) -> PublishResult:
         """Publish `events`; see `Publisher.publish`."""

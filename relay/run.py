@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import itertools
+import random
 import signal
 import time
 from typing import Final
@@ -89,8 +90,10 @@ class Relay:
     async def run(self, stop: asyncio.Event) -> None:
         """Relay until `stop` is set; return within about ``shutdown_timeout`` after it."""
         summary = asyncio.create_task(self._summarise(stop), name="summary")
+        # In the background: a broker that does not answer must not delay a standby's
+        # readiness to lead, nor a shutdown (the first publish connects anyway).
+        connecting = asyncio.create_task(self._connect_publisher(), name="kafka-connect")
         try:
-            await self._connect_publisher()
             while await self.leadership.acquire(stop):
                 self._set_leader(leader=True)
                 try:
@@ -99,18 +102,29 @@ class Relay:
                     self._set_leader(leader=False)
                     await self.leadership.release()
         finally:
-            summary.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await summary
+            for task in (summary, connecting):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             await self.publisher.stop()
             log.info("relay stopped")
 
     async def _connect_publisher(self) -> None:
-        try:
-            await self.publisher.start()
-            self.health.broker_connected = True
-        except Exception as exc:  # noqa: BLE001 - publish retries the connection itself
-            log.warning("kafka unreachable at start; will keep trying", error=str(exc))
+        """Connect to Kafka, retrying with backoff until it works (then /readyz knows)."""
+        for failures in itertools.count(1):
+            try:
+                await self.publisher.start()
+            except Exception as exc:  # noqa: BLE001 - any failure: try again later
+                delay = decisions.backoff_s(failures, random.random, max_s=30.0)
+                log.warning(
+                    "kafka unreachable; will keep trying",
+                    error=str(exc),
+                    retry_in_s=round(delay, 2),
+                )
+                await asyncio.sleep(delay)
+            else:
+                self.health.broker_connected = True
+                return
 
     def _set_leader(self, *, leader: bool) -> None:
         self.health.leader = leader
