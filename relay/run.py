@@ -48,7 +48,7 @@ def make_source(settings: Settings, metrics: Metrics) -> Source:
     if settings.mode is Mode.WAL:
         # WAL mode hook: relay.wal provides a `Source` over the replication slot.
         try:
-            from relay.wal import WalSource  # type: ignore[attr-defined,unused-ignore]
+            from relay.wal import WalSource
         except ImportError:
             raise ConfigError("invalid mode: wal mode is not available in this build") from None
         source: Source = WalSource(settings, metrics=metrics)
