@@ -54,8 +54,10 @@ class Source(Protocol):
     * **Pipelining.** The loop calls `fetch` for the next batch while the previous batch
       is being published and while earlier batches are being acknowledged; `fetch` may
       wait for those acknowledgements when it needs to (the poll source does, at the
-      start of each scan of the table). `fetch` and `acknowledge` may run concurrently;
-      two `fetch` calls, or two `acknowledge` calls, never do.
+      start of a scan of the table with many rows in flight), and may be cancelled
+      while it waits (the loop cancels it when an acknowledgement failed, or on
+      shutdown). `fetch` and `acknowledge` may run concurrently; two `fetch` calls, or
+      two `acknowledge` calls, never do.
     * **Acknowledge in order.** `acknowledge` is called once per fetched batch, in fetch
       order, with every event of the batch in exactly one of ``sent``, ``failed`` or
       ``unsettled``. When it returns, the ``sent`` events are durably settled (row
