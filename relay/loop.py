@@ -50,6 +50,9 @@ log = structlog.get_logger("relay.loop")
 #: Batches whose acknowledgement may be under way while the next one is published.
 #: Bounds memory and the duplicate window when marking is slower than publishing.
 MAX_PENDING_ACKS: Final = 2
+#: Seconds the loop waits for the acknowledgements under way when it stops (a database
+#: that hangs must not hang the shutdown; unacknowledged events simply stay due).
+LAST_ACK_TIMEOUT_S: Final = 5.0
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -188,9 +191,11 @@ class RelayLoop:
             if prefetch is not None:
                 await _cancel(prefetch)
             try:
-                await self._acks.drain()
+                await asyncio.wait_for(self._acks.drain(), LAST_ACK_TIMEOUT_S)
             except DatabaseError as exc:
                 log.warning("last acknowledgement failed", error=str(exc))
+            except TimeoutError:
+                log.warning("last acknowledgement timed out; its events stay pending")
 
     async def _fetched_ahead(
         self, prefetch: asyncio.Task[Sequence[OutboxEvent]]
