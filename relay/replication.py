@@ -199,8 +199,11 @@ class ReplicationConnection:
             asyncio.get_running_loop().add_reader(self.pgconn.socket, self._readable.set)
             self._watching = True
         self._readable.clear()
+        # asyncio.timeout, not wait_for: Python 3.11's wait_for can swallow a
+        # cancellation that arrives as the event fires, and the reader then never ends.
         try:
-            await asyncio.wait_for(self._readable.wait(), timeout_s)
+            async with asyncio.timeout(timeout_s):
+                await self._readable.wait()
         except TimeoutError:
             return
 

@@ -698,7 +698,8 @@ class WalSource:
         if self._queue or self._broken is not None:
             return
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._has_events.wait(), timeout_s)
+            async with asyncio.timeout(timeout_s):
+                await self._has_events.wait()
 
     async def acknowledge(self, acknowledgement: Acknowledgement) -> None:
         """Settle rows in the table, then let the slot confirm what is fully settled."""
