@@ -75,7 +75,6 @@ from relay.errors import DatabaseError, RelayError, first_line
 from relay.events import Acknowledgement, FailedEvent, OutboxEvent
 from relay.metrics import Metrics
 from relay.pgoutput import (
-    Insert,
     LogicalMessage,
     PgOutputError,
     Relation,
@@ -158,9 +157,15 @@ class WalTransaction:
     commit_lsn: int
     #: The end of the commit record: what the slot confirms once the events are done.
     end_lsn: int
-    commit_time: dt.datetime
+    #: Commit time in microseconds since 2000-01-01 UTC, see `commit_time`.
+    commit_time_us: int
     events: tuple[OutboxEvent, ...]
     rejected: tuple[RejectedMessage, ...] = ()
+
+    @property
+    def commit_time(self) -> dt.datetime:
+        """The commit time as an aware datetime."""
+        return pg_timestamp_to_datetime(self.commit_time_us)
 
 
 # --- Events from rows and envelopes ---------------------------------------------------
@@ -242,8 +247,7 @@ def decode_envelope(
     )
 
 
-def _text(value: object) -> str | None:
-    return value.decode() if isinstance(value, bytes) else None
+_decode_json: Final = json.JSONDecoder().decode
 
 
 def _bytea(value: object) -> bytes | None:
@@ -291,37 +295,40 @@ def event_from_row(
         p_id, p_event_id, p_topic, p_key, p_payload, p_payload_bytes, p_headers,
         p_event_type, p_aggregate_type, p_created_at, p_state, p_attempts,
     ) = shape.positions  # fmt: skip
+    # The hot path of WAL mode: one call per streamed event, so no helper calls for
+    # what a conditional expression does (text values are bytes, NULL is None).
     if row[p_state] != b"pending":
         return None
-    event_id = _text(row[p_event_id]) or ""
-    topic = _text(row[p_topic]) or ""
-    event_type = _text(row[p_event_type])
-    aggregate_type = _text(row[p_aggregate_type])
-    payload = row[p_payload]
-    value = (
-        compact_json(payload.decode())
-        if isinstance(payload, bytes)
-        else _bytea(row[p_payload_bytes])
-    )
-    raw_headers = row[p_headers]
-    own = (
-        json.loads(raw_headers) if isinstance(raw_headers, bytes) and raw_headers != b"{}" else None
-    )
-    created_at = row[p_created_at]
-    attempts = row[p_attempts]
+    raw: Any = row[p_event_id]
+    event_id: str = raw.decode() if raw is not None else ""
+    raw = row[p_topic]
+    topic: str = raw.decode() if raw is not None else ""
+    raw = row[p_event_type]
+    event_type: str | None = raw.decode() if raw is not None else None
+    raw = row[p_aggregate_type]
+    aggregate_type: str | None = raw.decode() if raw is not None else None
+    raw = row[p_key]
+    key: str | None = raw.decode() if raw is not None else None
+    raw = row[p_payload]
+    value = compact_json(raw.decode()) if raw is not None else _bytea(row[p_payload_bytes])
+    raw = row[p_headers]
+    own = _decode_json(raw.decode()) if raw is not None and raw != b"{}" else None
+    raw = row[p_created_at]
+    created_at = dt.datetime.fromisoformat(raw.decode()) if raw is not None else None
+    raw = row[p_attempts]
     return OutboxEvent(
         id=int(row[p_id]),  # type: ignore[call-overload]
         event_id=event_id,
-        topic=route_topic(topic_template, topic, event_type, aggregate_type),
-        key=_text(row[p_key]),
+        topic=(
+            route_topic(topic_template, topic, event_type, aggregate_type)
+            if topic_template
+            else topic
+        ),
+        key=key,
         value=value,
         headers=kafka_headers(event_id, event_type, aggregate_type, own),
-        created_at=(
-            dt.datetime.fromisoformat(created_at.decode())
-            if isinstance(created_at, bytes)
-            else None
-        ),
-        attempts=int(attempts) if isinstance(attempts, bytes) else 0,
+        created_at=created_at,
+        attempts=int(raw) if raw is not None else 0,
         lsn=commit_lsn,
     )
 
@@ -372,58 +379,64 @@ class StreamDecoder:
             WalSetupError: the outbox relation lacks a column the relay reads.
 
         """
+        # The hot loop: three frames per single-row transaction. Begin, Commit and the
+        # outbox's inserts are handled inline; everything else is rare.
+        events = self._events
         for frame in frames:
-            tag = frame[0]
-            if tag == _XLOGDATA:
-                self._xlogdata(frame, out)
-            elif tag == _KEEPALIVE:
-                keepalive = decode_keepalive(frame)
-                self.wal_end = max(self.wal_end, keepalive.wal_end)
-                if keepalive.reply_requested:
-                    self.reply_requested = True
+            if frame[0] != _XLOGDATA:
+                self._keepalive(frame)
+                continue
+            kind = frame[_HEADER_SIZE]
+            if kind == _INSERT:
+                shape = self.shape
+                if shape is not None and (
+                    _RELATION_ID.unpack_from(frame, _HEADER_SIZE + 1)[0] == shape.relation_id
+                ):
+                    insert = decode_message(frame, _HEADER_SIZE)
+                    event = event_from_row(
+                        shape,
+                        insert.new,  # type: ignore[union-attr]
+                        commit_lsn=self._commit_lsn,
+                        topic_template=self.topic_template,
+                    )
+                    if event is not None:
+                        events.append(event)
+            elif kind == _BEGIN:
+                self._commit_lsn, self._commit_time_us, _xid = _BEGIN_BODY.unpack_from(
+                    frame, _HEADER_SIZE + 1
+                )
+                self.in_transaction = True
+            elif kind == _COMMIT:
+                _flags, commit_lsn, end_lsn, commit_time_us = _COMMIT_BODY.unpack_from(
+                    frame, _HEADER_SIZE + 1
+                )
+                # Not the frame's walEnd: only keepalives say how far the server has sent.
+                self.wal_end = max(self.wal_end, end_lsn)
+                out.append(
+                    WalTransaction(
+                        commit_lsn,
+                        end_lsn,
+                        commit_time_us,
+                        tuple(events),
+                        tuple(self._rejected) if self._rejected else (),
+                    )
+                )
+                events.clear()
+                self._rejected.clear()
+                self.in_transaction = False
             else:
-                raise PgOutputError(f"unknown replication frame tag {tag:#04x}")
+                self._other(frame, kind)
 
-    def _xlogdata(self, frame: bytes, out: list[WalTransaction]) -> None:
-        kind = frame[_HEADER_SIZE]
-        if kind == _INSERT:
-            (relation_id,) = _RELATION_ID.unpack_from(frame, _HEADER_SIZE + 1)
-            shape = self.shape
-            if shape is not None and relation_id == shape.relation_id:
-                insert = decode_message(frame, _HEADER_SIZE)
-                assert isinstance(insert, Insert)  # noqa: S101 - the tag said so
-                event = event_from_row(
-                    shape,
-                    insert.new,
-                    commit_lsn=self._commit_lsn,
-                    topic_template=self.topic_template,
-                )
-                if event is not None:
-                    self._events.append(event)
-        elif kind == _BEGIN:
-            self._commit_lsn, self._commit_time_us, _xid = _BEGIN_BODY.unpack_from(
-                frame, _HEADER_SIZE + 1
-            )
-            self.in_transaction = True
-        elif kind == _COMMIT:
-            _flags, commit_lsn, end_lsn, commit_time_us = _COMMIT_BODY.unpack_from(
-                frame, _HEADER_SIZE + 1
-            )
-            # Not the frame's walEnd: only keepalives say how far the server has sent.
-            self.wal_end = max(self.wal_end, end_lsn)
-            out.append(
-                WalTransaction(
-                    commit_lsn,
-                    end_lsn,
-                    pg_timestamp_to_datetime(commit_time_us),
-                    tuple(self._events),
-                    tuple(self._rejected),
-                )
-            )
-            self._events.clear()
-            self._rejected.clear()
-            self.in_transaction = False
-        elif kind == _RELATION:
+    def _keepalive(self, frame: bytes) -> None:
+        if frame[0] != _KEEPALIVE:
+            raise PgOutputError(f"unknown replication frame tag {frame[0]:#04x}")
+        keepalive = decode_keepalive(frame)
+        self.wal_end = max(self.wal_end, keepalive.wal_end)
+        if keepalive.reply_requested:
+            self.reply_requested = True
+
+    def _other(self, frame: bytes, kind: int) -> None:
+        if kind == _RELATION:
             relation = decode_message(frame, _HEADER_SIZE)
             assert isinstance(relation, Relation)  # noqa: S101 - the tag said so
             if relation.namespace == self.schema and relation.name == self.table:
@@ -472,15 +485,15 @@ class AckTracker:
     """
 
     def __init__(self, confirmed: int = 0) -> None:
-        # [commit_lsn, end_lsn, events left], oldest first.
+        # [commit_lsn, end_lsn, events left, commit time in µs], oldest first.
         self._open: collections.deque[list[int]] = collections.deque()
         self._by_commit: dict[int, list[int]] = {}
         self.confirmed = confirmed
         self._pending_events = 0
 
-    def add(self, commit_lsn: int, end_lsn: int, events: int) -> None:
+    def add(self, commit_lsn: int, end_lsn: int, events: int, commit_time_us: int = 0) -> None:
         """Register a committed transaction with `events` events still to settle."""
-        entry = [commit_lsn, end_lsn, events]
+        entry = [commit_lsn, end_lsn, events, commit_time_us]
         self._open.append(entry)
         if events:
             self._by_commit[commit_lsn] = entry
@@ -514,6 +527,13 @@ class AckTracker:
             end_lsn = queue.popleft()[1]
             self.confirmed = max(self.confirmed, end_lsn)
         return self.confirmed
+
+    def oldest_commit_time_us(self) -> int | None:
+        """Commit time of the oldest transaction not yet confirmable, if any."""
+        for entry in self._open:
+            if entry[2]:
+                return entry[3]
+        return None
 
     def idle_position(self, server_position: int) -> None:
         """With nothing open, the server's position is safe too (no bloat when idle)."""
@@ -614,7 +634,6 @@ class WalSource:
         self._parked_checked_s = 0.0
         self._last_status_s = 0.0
         self._sent_confirmed = -1
-        self._oldest_commit: dict[int, dt.datetime] = {}
         self._heartbeat_ok = True
 
     def _new_decoder(self) -> StreamDecoder:
@@ -1001,9 +1020,10 @@ class WalSource:
             events = transaction.events
             if events and (swept or park_keys or transaction.commit_lsn <= replay_until):
                 events = await self._filter(transaction)
-            tracker.add(transaction.commit_lsn, transaction.end_lsn, len(events))
+            tracker.add(
+                transaction.commit_lsn, transaction.end_lsn, len(events), transaction.commit_time_us
+            )
             if events:
-                self._oldest_commit.setdefault(transaction.commit_lsn, transaction.commit_time)
                 queue.extend(events)
         if queue:
             self._has_events.set()
@@ -1131,8 +1151,6 @@ class WalSource:
         )
         self._last_status_s = now
         self._sent_confirmed = confirmed
-        for lsn in [lsn for lsn in self._oldest_commit if lsn < confirmed]:
-            del self._oldest_commit[lsn]
 
     async def _status_loop(self) -> None:
         last_lag_s = 0.0
@@ -1157,8 +1175,9 @@ class WalSource:
         except psycopg.Error:
             return
         lag_s = 0.0
-        if self._oldest_commit:
-            oldest = self._oldest_commit[min(self._oldest_commit)]
+        oldest_us = self._tracker.oldest_commit_time_us()
+        if oldest_us is not None:
+            oldest = pg_timestamp_to_datetime(oldest_us)
             lag_s = max(0.0, (dt.datetime.now(dt.UTC) - oldest).total_seconds())
         if self._metrics is not None:
             self._metrics.wal_lag_seconds.set(lag_s)
