@@ -12,6 +12,7 @@ from relay.demo import demo_command
 from relay.errors import ConfigError
 from relay.options import ErrorReportingGroup, with_settings
 from relay.run import run_command
+from relay.slot import slot_group
 
 
 @click.group(cls=ErrorReportingGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -111,6 +112,7 @@ def grants_command(
 
 main.add_command(demo_command)
 main.add_command(run_command)
+main.add_command(slot_group)
 
 
 for _command in admin_cli.COMMANDS:
