@@ -166,24 +166,23 @@ class RelayLoop:
         try:
             while not stop.is_set():
                 try:
-                    if prefetch is not None:
-                        batch, prefetch = await self._fetched_ahead(prefetch), None
-                    else:
-                        batch = await self._source.fetch(self._config.batch_size)
+                    batch = await self._fetched(prefetch or self._fetch())
                 except DatabaseError as exc:
-                    prefetch = None
                     await self._recover("fetch", exc, stopping)
                     continue
+                finally:
+                    prefetch = None
                 self._health.database_connected = True
                 if not batch:
                     await self._idle(stopping)
                     continue
-                prefetch = asyncio.create_task(
-                    self._source.fetch(self._config.batch_size), name="prefetch"
-                )
-                complete = await self._publish(batch)
-                if not complete:
-                    await _cancel(prefetch)
+                if len(batch) == self._config.batch_size:
+                    # A backlog: fetch the next batch while this one is published. (A
+                    # short batch means caught up: a fetch now would find nothing yet.)
+                    prefetch = self._fetch()
+                if not await self._publish(batch):
+                    if prefetch is not None:
+                        await _cancel(prefetch)
                     prefetch = None
                     await self._recover("publish", None, stopping)
         finally:
@@ -197,23 +196,28 @@ class RelayLoop:
             except TimeoutError:
                 log.warning("last acknowledgement timed out; its events stay pending")
 
-    async def _fetched_ahead(
-        self, prefetch: asyncio.Task[Sequence[OutboxEvent]]
-    ) -> Sequence[OutboxEvent]:
-        """The result of the fetch ahead; `DatabaseError` if an acknowledgement failed first.
+    def _fetch(self) -> asyncio.Task[Sequence[OutboxEvent]]:
+        return asyncio.create_task(self._source.fetch(self._config.batch_size), name="fetch")
 
-        A fetch that starts a new scan waits for every acknowledgement; after a failed
-        one, the later ones are skipped and it would wait forever.
+    async def _fetched(
+        self, fetching: asyncio.Task[Sequence[OutboxEvent]]
+    ) -> Sequence[OutboxEvent]:
+        """The result of a fetch; `DatabaseError` if an acknowledgement failed first.
+
+        A fetch may wait for the acknowledgements under way (a new scan with many rows
+        in flight); after a failed one the later ones are skipped, so it would wait
+        forever: it is cancelled instead, and the loop recovers.
         """
         failed = asyncio.create_task(self._acks.failed.wait(), name="ack-failed")
         try:
-            await asyncio.wait({prefetch, failed}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({fetching, failed}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             failed.cancel()
-        if not prefetch.done():
-            await _cancel(prefetch)
-            raise DatabaseError("an acknowledgement failed while fetching ahead")
-        return prefetch.result()
+            if not fetching.done():
+                await _cancel(fetching)
+        if fetching.cancelled():
+            raise DatabaseError("an acknowledgement failed while fetching")
+        return fetching.result()
 
     async def _publish(self, batch: Sequence[OutboxEvent]) -> bool:
         """Publish one batch and hand its acknowledgement on; False when it was incomplete."""
