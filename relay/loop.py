@@ -10,6 +10,10 @@ The pipeline, for batches N-1, N, N+1::
     publish N  ─┼─ run at the same time
     mark N-1   ─┘
 
+The fetch ahead happens while there is a backlog (batch N was full); once caught up,
+the next fetch waits for the publish (it would find nothing sooner) and overlaps the
+mark only.
+
 Publishing is one batch at a time: batch N+1 goes to Kafka only once every event of
 batch N was acknowledged or failed. That is what keeps per-key order simple: when an
 event of key K fails in batch N, no later event of K has been sent yet; the fetched
