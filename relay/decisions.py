@@ -95,9 +95,24 @@ def error_kind(error_class_name: str) -> ErrorKind:
     return ErrorKind.RETRIABLE
 
 
+#: The error class of events that were not sent because something before them failed.
+HELD_BACK: Final = "HeldBack"
+
+
+def error_class(error: str) -> str:
+    """The class of a failure's error text (``"KafkaTimeoutError: ..."``), for metrics.
+
+    Every failure text starts with a short class name and a colon, so a metric label
+    stays low-cardinality whatever the message says.
+    """
+    return error.split(":", 1)[0]
+
+
 def held_back(key: str) -> PublishFailure:
     """The failure of an event not sent because an earlier event of its key failed."""
-    return PublishFailure(f"held back behind a failed event of key {key!r}", retriable=True)
+    return PublishFailure(
+        f"{HELD_BACK}: held back behind a failed event of key {key!r}", retriable=True
+    )
 
 
 def batch_failures(count: int, error: str, kind: ErrorKind) -> list[PublishFailure]:
@@ -112,7 +127,9 @@ def batch_failures(count: int, error: str, kind: ErrorKind) -> list[PublishFailu
         return [PublishFailure(error, retriable=True)] * count
     if kind is ErrorKind.TOPIC or count == 0:
         return [PublishFailure(error, retriable=False)] * count
-    rest = PublishFailure(f"not sent: its batch was rejected ({error})", retriable=True)
+    rest = PublishFailure(
+        f"{HELD_BACK}: not sent, its batch was rejected ({error})", retriable=True
+    )
     return [PublishFailure(error, retriable=False), *[rest] * (count - 1)]
 
 

@@ -43,7 +43,7 @@ import structlog
 
 from relay import decisions
 from relay.errors import DatabaseError, first_line
-from relay.events import Acknowledgement, OutboxEvent
+from relay.events import Acknowledgement, OutboxEvent, PublishResult
 from relay.health import Health
 from relay.metrics import Metrics
 from relay.publisher import Publisher
@@ -228,7 +228,7 @@ class RelayLoop:
         self.stats.idle = False
         started = self._monotonic()
         result = await self._publisher.publish(batch)
-        self._last_failure = next((f.error for f in result.failures if f is not None), None)
+        self._count_errors(result)
         acknowledgement = decisions.settle(result, self._config.park_after_attempts)
         self._observe(batch, acknowledgement, self._monotonic() - started)
         try:
@@ -238,6 +238,20 @@ class RelayLoop:
             self._health.database_connected = False
             return False
         return acknowledgement.complete
+
+    def _count_errors(self, result: PublishResult) -> None:
+        """Count what Kafka did not acknowledge, by error class (not what was held back)."""
+        self._last_failure = None
+        errors: collections.Counter[tuple[str, str]] = collections.Counter()
+        for event, failure in zip(result.events, result.failures, strict=True):
+            if failure is None:
+                continue
+            self._last_failure = self._last_failure or failure.error
+            kind = decisions.error_class(failure.error)
+            if kind != decisions.HELD_BACK:
+                errors[event.topic, kind] += 1
+        for (topic, kind), count in errors.items():
+            self._metrics.publish_errors.labels(topic=topic, error=kind).inc(count)
 
     def _observe(
         self, batch: Sequence[OutboxEvent], acknowledgement: Acknowledgement, publish_s: float
@@ -257,9 +271,6 @@ class RelayLoop:
             metrics.events_published.labels(topic=topic).inc(count)
         for failed in acknowledgement.failed:
             stats.failed += 1
-            metrics.publish_errors.labels(
-                topic=failed.event.topic, error=failed.failure.error.split(":", 1)[0]
-            ).inc()
             if failed.park:
                 stats.parked += 1
                 metrics.events_parked.labels(topic=failed.event.topic).inc()

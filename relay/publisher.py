@@ -109,7 +109,8 @@ def record_too_large(event: OutboxEvent, max_request_size: int) -> PublishFailur
     size = DefaultRecordBatchBuilder.estimate_size_in_bytes(key, event.value, list(event.headers))
     if size > max_request_size:
         return PublishFailure(
-            f"record of {size} bytes is larger than kafka_max_request_size ({max_request_size})",
+            f"RecordTooLarge: record of {size} bytes is larger than "
+            f"kafka_max_request_size ({max_request_size})",
             retriable=False,
         )
     return None
@@ -210,7 +211,8 @@ class KafkaPublisher:
         except BrokerError as exc:
             self._fresh_producer_needed = True
             return PublishResult(
-                tuple(events), (PublishFailure(str(exc), retriable=True),) * len(events)
+                tuple(events),
+                (PublishFailure(f"KafkaUnavailable: {exc}", retriable=True),) * len(events),
             )
         with tracing.publish_span(events):
             chains = await self._build(events, failures)
@@ -223,7 +225,9 @@ class KafkaPublisher:
         counts: dict[str, int | PublishFailure] = {}
         for topic in dict.fromkeys(event.topic for event in events):
             if not decisions.valid_topic(topic):
-                counts[topic] = PublishFailure(f"invalid topic name {topic!r}", retriable=False)
+                counts[topic] = PublishFailure(
+                    f"InvalidTopic: invalid topic name {topic!r}", retriable=False
+                )
                 continue
             try:
                 partitions = await self._producer.partitions_for(topic)

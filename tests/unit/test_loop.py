@@ -101,7 +101,8 @@ async def test_a_poison_event_is_parked_and_its_key_waits_while_others_flow() ->
     events = [make_event(n, key="bad" if n in {2, 5, 9} else f"k{n}") for n in range(1, 12)]
     source = InMemorySource(events)
     publisher = RecordingPublisher(lambda event: POISON if event.id == 2 else None)
-    loop = RelayLoop(source, publisher, CONFIG)
+    metrics = Metrics()
+    loop = RelayLoop(source, publisher, CONFIG, metrics=metrics)
     others = {n for n in range(1, 12) if n not in {2, 5, 9}}
     await run_until(
         loop, lambda: sent_ids(source) == others and source.state(2) is EventState.PARKED
@@ -113,6 +114,14 @@ async def test_a_poison_event_is_parked_and_its_key_waits_while_others_flow() ->
     assert source.rows[2].last_error == POISON.error
     assert all(event.key != "bad" for event in publisher.published)
     assert loop.stats.parked == 1
+    errors = {
+        sample.labels["error"]: sample.value
+        for family in metrics.publish_errors.collect()
+        for sample in family.samples
+        if sample.name.endswith("_total")
+    }
+    assert errors == {"MessageSizeTooLargeError": 3}  # held-back events are not errors
+    assert metrics.events_parked.labels(topic="t")._value.get() == 1
 
 
 async def test_a_released_parked_event_goes_before_the_events_that_waited() -> None:

@@ -240,4 +240,4 @@ async def test_topic_errors_charge_every_event_and_invalid_names_never_reach_kaf
 
     invalid = await kafka_publisher(FakeProducer()).publish([make_event(3, "a", topic="no spaces")])
     assert invalid.failures[0] is not None
-    assert invalid.failures[0].error == "invalid topic name 'no spaces'"
+    assert invalid.failures[0].error == "InvalidTopic: invalid topic name 'no spaces'"
