@@ -261,6 +261,19 @@ def route_topic(
 
 
 _COMPACT: Final = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+_DECODER: Final = json.JSONDecoder()
+
+
+def parse_json_object(text: str) -> dict[str, object]:
+    """A JSON object from PostgreSQL's ``jsonb`` output (never padded with whitespace).
+
+    ``JSONDecoder.raw_decode`` skips `json.loads`'s whitespace regexes: this runs once
+    per relayed row that has headers (the outbox CHECKs that they are an object).
+    """
+    value, _ = _DECODER.raw_decode(text)
+    if not isinstance(value, dict):
+        raise TypeError(f"expected a JSON object, got {type(value).__name__}")
+    return value
 
 
 def compact_json(text: str) -> bytes:
@@ -302,11 +315,9 @@ def kafka_headers(
     if aggregate_type is not None:
         headers.append(("aggregate_type", aggregate_type.encode()))
     if row_headers:
-        headers.extend(
-            (name, header_value(value))
-            for name, value in row_headers.items()
-            if name != "event_id" and value is not None
-        )
+        for name, value in row_headers.items():
+            if name != "event_id" and value is not None:
+                headers.append((name, header_value(value)))
     return tuple(headers)
 
 

@@ -29,7 +29,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-import json
 from collections.abc import Sequence
 from decimal import Decimal
 from typing import Any, Final
@@ -157,7 +156,7 @@ def event_from_row(row: _Row, topic_template: str) -> OutboxEvent:
         value = bytes(payload_bytes)
     else:
         value = None
-    row_headers = json.loads(headers_text) if headers_text != "{}" else None
+    row_headers = decisions.parse_json_object(headers_text) if headers_text != "{}" else None
     return OutboxEvent(
         id=id_,
         event_id=event_id,

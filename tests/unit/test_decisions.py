@@ -221,3 +221,12 @@ def test_lock_ids_are_stable_signed_64_bit_and_distinct_per_outbox() -> None:
     assert -(2**63) <= first < 2**63
     assert first != decisions.lock_id_for("public", "outbox2")
     assert first != decisions.lock_id_for("events", "outbox")
+
+
+def test_parse_json_object_reads_jsonb_output_and_refuses_non_objects() -> None:
+    assert decisions.parse_json_object('{"traceparent": "00-a", "n": 1}') == {
+        "traceparent": "00-a",
+        "n": 1,
+    }
+    with pytest.raises(TypeError):
+        decisions.parse_json_object("[1, 2]")
