@@ -89,7 +89,7 @@ def test_the_pending_scan_stays_an_index_range_scan_beside_10_million_sent_rows(
             query = relay_sql.query("poll", name, names)
             row = conn.execute(
                 sql.SQL("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) ") + query,
-                {"after": 0, "limit": 2000},
+                {"after": 0, "limit": 2000, "in_flight": [1, 2, 3]},
             ).fetchone()
             assert row is not None
             explained = row[0] if isinstance(row[0], list) else json.loads(row[0])
