@@ -93,7 +93,8 @@ class _Connection:
 
     def __init__(self, conninfo: str, purpose: str, session: tuple[sql.SQL, ...] = ()) -> None:
         self._conninfo = conninfo
-        self._purpose = purpose
+        #: How the errors of this connection's queries (not of connecting) begin.
+        self.failure_prefix = f"{purpose} failed"
         self._session = session
         self._conn: psycopg.AsyncConnection[Any] | None = None
         self._lock = asyncio.Lock()
@@ -106,7 +107,7 @@ class _Connection:
                     await conn.execute(statement)
             except psycopg.Error as exc:
                 await conn.close()
-                raise _translate(exc, f"{self._purpose} failed") from None
+                raise _translate(exc, self.failure_prefix) from None
             self._conn = conn
         return self._conn
 
@@ -124,7 +125,7 @@ class _Connection:
             except psycopg.Error as exc:
                 if conn.broken or isinstance(exc, psycopg.OperationalError):
                     await self.close()
-                raise _translate(exc, f"{self._purpose} failed") from None
+                raise _translate(exc, self.failure_prefix) from None
 
     async def close(self) -> None:
         conn, self._conn = self._conn, None
@@ -207,7 +208,10 @@ class PollSource:
         try:
             await self._fetcher.execute(self._q_check, {})
         except DatabaseError as exc:
-            if "does not exist" in str(exc):
+            # The query ran and the table (or its schema) is missing; a database that
+            # does not exist is a connection error, retried like any other.
+            failed_query = str(exc).startswith(self._fetcher.failure_prefix)
+            if failed_query and "does not exist" in str(exc):
                 raise MigrationError(
                     f"outbox table {self._settings.schema}.{self._settings.table} not found: "
                     "run `outbox-relay migrate` first"
