@@ -82,7 +82,7 @@ class ReplicationConnection:
         self._conn = conn
         self.pgconn = conn.pgconn
         self._readable = asyncio.Event()
-        self._watching = False
+        self._watched_fd: int | None = None
         self.streaming = False
 
     @classmethod
@@ -181,12 +181,15 @@ class ReplicationConnection:
                     continue
                 self._end_of_stream()
         except psycopg.Error as exc:
+            self.streaming = False
+            self.unwatch()
             raise ReplicationError(f"replication stream broke: {first_line(exc)}") from None
         return got > 0
 
     def _end_of_stream(self) -> None:
         # -1: the server ended COPY; the reason comes as the next result.
         self.streaming = False
+        self.unwatch()
         result = self.pgconn.get_result()
         raise _result_error(result, self.pgconn, "the server ended the replication stream")
 
@@ -195,9 +198,12 @@ class ReplicationConnection:
         await self._wait_readable(timeout_s)
 
     async def _wait_readable(self, timeout_s: float | None) -> None:
-        if not self._watching:
-            asyncio.get_running_loop().add_reader(self.pgconn.socket, self._readable.set)
-            self._watching = True
+        if self._watched_fd is None:
+            # The descriptor number is kept: after a lost connection libpq closes the
+            # socket and PQsocket says -1, but the event loop still watches the number,
+            # and a new socket that reuses it would break (ENOENT from epoll).
+            self._watched_fd = self.pgconn.socket
+            asyncio.get_running_loop().add_reader(self._watched_fd, self._readable.set)
         self._readable.clear()
         # asyncio.timeout, not wait_for: Python 3.11's wait_for can swallow a
         # cancellation that arrives as the event fires, and the reader then never ends.
@@ -218,11 +224,15 @@ class ReplicationConnection:
 
     async def close(self) -> None:
         """Close the connection (the server keeps the slot and its confirmed position)."""
-        if self._watching:
-            asyncio.get_running_loop().remove_reader(self.pgconn.socket)
-            self._watching = False
+        self.unwatch()
         self.streaming = False
         await self._conn.close()
+
+    def unwatch(self) -> None:
+        """Stop watching the socket; call before the connection is replaced."""
+        fd, self._watched_fd = self._watched_fd, None
+        if fd is not None:
+            asyncio.get_running_loop().remove_reader(fd)
 
     async def __aenter__(self) -> Self:
         return self

@@ -601,6 +601,17 @@ class _Fetched:
         self.replaced.clear()
 
 
+@dataclasses.dataclass(slots=True)
+class _SweepState:
+    """A sweep of pending rows in progress (its transaction is open)."""
+
+    #: Ids already queued or in flight from the stream: not queued twice.
+    outstanding: set[int]
+    parked_keys: set[str]
+    after_id: int = 0
+    swept: int = 0
+
+
 class WalSource:
     """`relay.source.Source` over a logical replication slot (see the module docstring)."""
 
@@ -635,6 +646,8 @@ class WalSource:
         self._last_status_s = 0.0
         self._sent_confirmed = -1
         self._heartbeat_ok = True
+        self._sweep_state: _SweepState | None = None
+        self._conn_lock = asyncio.Lock()
 
     def _new_decoder(self) -> StreamDecoder:
         s = self._settings
@@ -666,13 +679,16 @@ class WalSource:
         self._side_tasks = []
         with contextlib.suppress(ReplicationError):
             self._send_status(force=True)
-        await self._disconnect()
+        async with self._conn_lock:
+            await self._disconnect()
 
     async def fetch(self, max_events: int) -> Sequence[OutboxEvent]:
         """The next events in commit order; reconnects first after a broken stream."""
         if self._replication is None or (self._broken is not None and not self._queue):
             await self._reconnect()
-        if self._track_rows and time.monotonic() - self._parked_checked_s > PARKED_REFRESH_S:
+        if self._sweep_state is not None and len(self._queue) < 2 * max_events:
+            await self._continue_sweep()
+        elif self._track_rows and time.monotonic() - self._parked_checked_s > PARKED_REFRESH_S:
             await self._refresh_parked()
         queue = self._queue
         count = min(max_events, len(queue))
@@ -683,7 +699,7 @@ class WalSource:
             batch = await self._hold_parked_keys(batch, max_events)
         if not queue:
             self._has_events.clear()
-        if len(queue) < MAX_QUEUED_EVENTS:
+        if len(queue) < MAX_QUEUED_EVENTS and self._sweep_state is None:
             self._room.set()
         self._fetched.events.extend(batch)
         return batch
@@ -722,16 +738,19 @@ class WalSource:
 
     async def acknowledge(self, acknowledgement: Acknowledgement) -> None:
         """Settle rows in the table, then let the slot confirm what is fully settled."""
-        conn = self._require_conn()
         fetched = self._fetched
         settled = fetched.settled
         ids = [event.id for event in acknowledgement.sent if event.id]
         try:
-            if ids and self._track_rows:
-                name = "delete_sent" if self._settings.on_sent is OnSent.DELETE else "mark_sent"
-                await conn.execute(query("wal", name, self._names), {"ids": ids})
-            for failed in acknowledgement.failed:
-                await self._record_failure(conn, failed)
+            # The lock keeps a reconnect (fetch runs beside us) from closing the
+            # connection under a statement, which would then wait forever.
+            async with self._conn_lock:
+                conn = self._require_conn()
+                if ids and self._track_rows:
+                    name = "delete_sent" if self._settings.on_sent is OnSent.DELETE else "mark_sent"
+                    await conn.execute(query("wal", name, self._names), {"ids": ids})
+                for failed in acknowledgement.failed:
+                    await self._record_failure(conn, failed)
         except psycopg.Error as exc:
             raise DatabaseError(f"cannot settle events: {first_line(exc)}") from None
         done: collections.Counter[int] = collections.Counter()
@@ -867,45 +886,78 @@ class WalSource:
 
     _had_slot = False
 
-    async def _sweep(self, snapshot_name: str | None) -> None:
-        """Queue the pending rows visible in a snapshot (the exported one, or a new one)."""
+    async def _sweep(self, snapshot_name: str | None, *, front: bool = False) -> None:
+        """Start queueing the pending rows visible in a snapshot (the slot's, or a new one).
+
+        The rows are read in chunks as the loop consumes them, in one REPEATABLE READ
+        transaction; the stream waits until the last chunk is queued, so every swept row
+        goes before what the stream brings. With `front`, the rows go all at once ahead
+        of what is queued (released rows are older than anything in the queue).
+        """
         conn = self._sweep_conn
         assert conn is not None  # noqa: S101 - connected by the caller
         outstanding = {event.id for event in self._queue if event.id}
         outstanding.update(event.id for event in self._fetched.unsettled() if event.id)
-        swept: list[OutboxEvent] = []
-        after_id = 0
-        async with conn.transaction():
-            await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-            if snapshot_name is not None:
-                await conn.execute(
-                    sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot_name))
-                )
-            parked = await self._read_parked(conn)
-            parked_keys = {key for key in parked.values() if key is not None}
-            while True:
-                cursor = await conn.execute(
-                    query("wal", "pending_rows", self._names),
-                    {"after_id": after_id, "limit": SWEEP_CHUNK},
-                )
-                rows = await cursor.fetchall()
-                for row in rows:
-                    event = self._event_from_table(row)
-                    if event.id in outstanding:
-                        continue
-                    if self._park_keys and event.key is not None and event.key in parked_keys:
-                        continue
-                    swept.append(event)
-                if len(rows) < SWEEP_CHUNK:
-                    break
-                after_id = rows[-1][0]
+        await conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+        if snapshot_name is not None:
+            await conn.execute(
+                sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot_name))
+            )
+        parked = await self._read_parked(conn)
         self._parked_ids, self._parked_keys = parked_state(parked)
         self._parked_checked_s = time.monotonic()
-        self._swept_ids.update(event.id for event in swept)
-        self._queue.extend(swept)
-        if swept:
+        self._sweep_state = _SweepState(outstanding, set(self._parked_keys))
+        self._room.clear()
+        if front:
+            swept: list[OutboxEvent] = []
+            while await self._sweep_chunk(swept):
+                pass
+            self._queue.extendleft(reversed(swept))
+        else:
+            await self._sweep_chunk(self._queue)
+        if self._queue:
             self._has_events.set()
-            log.info("pending rows queued from the table", events=len(swept))
+
+    async def _sweep_chunk(self, into: list[OutboxEvent] | collections.deque[OutboxEvent]) -> bool:
+        """Queue the next chunk of the sweep; False (and the sweep ends) after the last."""
+        conn = self._sweep_conn
+        state = self._sweep_state
+        assert conn is not None  # noqa: S101 - a sweep runs on an open connection
+        assert state is not None  # noqa: S101
+        cursor = await conn.execute(
+            query("wal", "pending_rows", self._names),
+            {"after_id": state.after_id, "limit": SWEEP_CHUNK},
+        )
+        rows = await cursor.fetchall()
+        park_keys = self._park_keys
+        swept_ids = self._swept_ids
+        for row in rows:
+            event = self._event_from_table(row)
+            if event.id in state.outstanding:
+                continue
+            if park_keys and event.key is not None and event.key in state.parked_keys:
+                continue  # waits behind a parked event, pending in the table
+            swept_ids.add(event.id)
+            into.append(event)
+            state.swept += 1
+        if rows:
+            state.after_id = rows[-1][0]
+        if len(rows) == SWEEP_CHUNK:
+            return True
+        await conn.execute("COMMIT")
+        self._sweep_state = None
+        self._room.set()
+        if state.swept:
+            log.info("pending rows queued from the table", events=state.swept)
+        return False
+
+    async def _continue_sweep(self) -> None:
+        try:
+            await self._sweep_chunk(self._queue)
+        except psycopg.Error as exc:
+            raise DatabaseError(f"cannot read pending events: {first_line(exc)}") from None
+        if self._queue:
+            self._has_events.set()
 
     async def _read_parked(self, conn: psycopg.AsyncConnection[Any]) -> dict[int, str | None]:
         cursor = await conn.execute(query("wal", "parked_rows", self._names))
@@ -925,7 +977,7 @@ class WalSource:
         if released:
             log.info("parked events released; publishing pending rows again", events=len(released))
             try:
-                await self._sweep(None)
+                await self._sweep(None, front=True)
             except psycopg.Error as exc:
                 raise DatabaseError(f"cannot read pending events: {first_line(exc)}") from None
 
@@ -951,7 +1003,8 @@ class WalSource:
     async def _reconnect(self) -> None:
         if self._broken is not None:
             log.warning("replication stream broke; reconnecting", error=first_line(self._broken))
-        await self._disconnect()
+        async with self._conn_lock:
+            await self._disconnect()
         # What the old stream delivered comes again: forget it, the table and the
         # slot say what is still due.
         self._replay_until = max(self._replay_until, self._highest_end)
@@ -959,6 +1012,7 @@ class WalSource:
         self._has_events.clear()
         self._room.set()
         self._swept_ids.clear()
+        self._sweep_state = None
         self._decoder = self._new_decoder()
         await self._connect()
 
@@ -985,7 +1039,9 @@ class WalSource:
         transactions: list[WalTransaction] = []
         try:
             while True:
-                if len(self._queue) >= MAX_QUEUED_EVENTS:
+                while self._sweep_state is not None or len(self._queue) >= MAX_QUEUED_EVENTS:
+                    # Full, or the table's rows go first: the server waits meanwhile
+                    # (the status task keeps answering it).
                     self._room.clear()
                     await self._room.wait()
                 if not replication.read_frames(frames):
@@ -1167,11 +1223,12 @@ class WalSource:
                     last_log_s = now
 
     async def _observe_lag(self, *, log_it: bool) -> None:
-        conn = self._conn
-        if conn is None or conn.closed:
-            return
         try:
-            status = await fetch_slot_status(conn, self._settings.slot_name)
+            async with self._conn_lock:
+                conn = self._conn
+                if conn is None or conn.closed:
+                    return
+                status = await fetch_slot_status(conn, self._settings.slot_name)
         except psycopg.Error:
             return
         lag_s = 0.0
@@ -1196,11 +1253,12 @@ class WalSource:
     async def _heartbeat_loop(self) -> None:
         while self._heartbeat_ok:
             await asyncio.sleep(self._settings.heartbeat_interval)
-            conn = self._conn
-            if conn is None or conn.closed:
-                continue
             try:
-                await conn.execute(query("wal", "heartbeat", {}))
+                async with self._conn_lock:
+                    conn = self._conn
+                    if conn is None or conn.closed:
+                        continue
+                    await conn.execute(query("wal", "heartbeat", {}))
             except psycopg.errors.InsufficientPrivilege:
                 log.warning("cannot write WAL heartbeats (pg_logical_emit_message not allowed)")
                 self._heartbeat_ok = False
