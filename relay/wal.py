@@ -684,7 +684,13 @@ class WalSource:
 
     async def fetch(self, max_events: int) -> Sequence[OutboxEvent]:
         """The next events in commit order; reconnects first after a broken stream."""
-        if self._replication is None or (self._broken is not None and not self._queue):
+        conn = self._conn
+        if (
+            self._replication is None
+            or conn is None
+            or conn.broken
+            or (self._broken is not None and not self._queue)
+        ):
             await self._reconnect()
         if self._sweep_state is not None and len(self._queue) < 2 * max_events:
             await self._continue_sweep()

@@ -10,9 +10,12 @@ import uuid
 from collections.abc import AsyncIterator
 
 import psycopg
+import pytest
 
+from relay import wal
 from relay.config import Mode, OnSent, Settings
 from relay.loop import LoopConfig, RelayLoop
+from relay.metrics import Metrics
 from relay.publisher import KafkaPublisher
 from relay.slot import slot_status
 from relay.wal import WalSource
@@ -27,8 +30,10 @@ def wal_settings(settings: Settings, **changes: object) -> Settings:
 
 
 @contextlib.asynccontextmanager
-async def running_relay(settings: Settings, batch_size: int = 500) -> AsyncIterator[WalSource]:
-    source = WalSource(settings)
+async def running_relay(
+    settings: Settings, batch_size: int = 500, metrics: Metrics | None = None
+) -> AsyncIterator[WalSource]:
+    source = WalSource(settings, metrics=metrics)
     publisher = KafkaPublisher(settings)
     await publisher.start()
     await source.start()
@@ -113,8 +118,9 @@ async def test_events_arrive_once_in_commit_order_per_key_and_rows_are_marked(
 
 
 async def test_rows_pending_before_the_slot_exists_are_published_exactly_once(
-    settings: Settings, topic: str
+    settings: Settings, topic: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(wal, "SWEEP_CHUNK", 7)  # the table is read in many chunks
     settings = wal_settings(settings)
     insert_events(settings.database_url, topic, [f"k{i % 3}" for i in range(120)], 10)
     with psycopg.connect(settings.database_url) as conn:
@@ -235,12 +241,14 @@ async def test_a_dropped_slot_is_recreated_without_losing_events(
 
 
 async def test_retained_wal_stays_bounded_while_only_other_tables_are_written(
-    settings: Settings, topic: str
+    settings: Settings, topic: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(wal, "LAG_REFRESH_S", 0.2)
     settings = wal_settings(settings, heartbeat_interval=0.2)
+    metrics = Metrics()
     with psycopg.connect(settings.database_url, autocommit=True) as conn:
         conn.execute("CREATE TABLE busy (id bigint, filler text)")
-    async with running_relay(settings):
+    async with running_relay(settings, metrics=metrics):
         insert_events(settings.database_url, topic, ["a"], 1)
         await consume(settings.bootstrap_servers, [topic], expected=1, idle_s=0)
         with psycopg.connect(settings.database_url, autocommit=True) as conn:
@@ -263,3 +271,6 @@ async def test_retained_wal_stays_bounded_while_only_other_tables_are_written(
                 return row is not None and row[0] <= 0
 
             await wait_until(confirmed_is_recent, timeout_s=30)
+        # The gauge shows what the server keeps for the slot (restart_lsn follows later).
+        await wait_until(lambda: metrics.wal_retained_bytes._value.get() > 0)
+        assert metrics.wal_lag_seconds._value.get() < 5
