@@ -296,8 +296,6 @@ class RelayLoop:
         if acknowledgement.sent:
             self._health.broker_connected = True
         elif acknowledgement.unsettled and not acknowledgement.failed:
-            self._health.broker_connected = False  # nothing got through: the broker is away
-        elif acknowledgement.unsettled and not acknowledgement.failed:
             # Nothing acknowledged, nothing rejected: every event met a retriable error
             # (connection lost, timeout). /readyz says so until a batch gets through.
             self._health.broker_connected = False
