@@ -42,7 +42,7 @@ def sent_count(database_url: str) -> int:
 def test_sigkill_mid_stream_then_restart_loses_nothing(
     settings: Settings, topic: str, tmp_path: Path
 ) -> None:
-    total = 20_000
+    total = 30_000
     insert_events(settings.database_url, topic, total, keys=30)
     log = tmp_path / "relay.log"
     with relay_process(settings, log, "--batch-size", "500") as first:
@@ -239,7 +239,7 @@ def test_sigterm_while_the_broker_hangs_still_exits_0_within_the_shutdown_timeou
             relay.process.send_signal(signal.SIGTERM)
             started = time.monotonic()
             assert relay.process.wait(30) == 0
-            assert time.monotonic() - started < 3 + 5 + 2  # shutdown, producer stop, slack
+            assert time.monotonic() - started < 3 + 5 + 5  # shutdown, producer stop, slack
         finally:
             private_broker.resume()
     assert sent_count(url) == 100  # the unacknowledged batch stayed pending
