@@ -82,6 +82,7 @@ from relay.pgoutput import (
     decode_message,
     encode_standby_status,
     format_lsn,
+    parse_lsn,
     pg_timestamp_to_datetime,
 )
 from relay.replication import ReplicationConnection, ReplicationError
@@ -361,6 +362,8 @@ class StreamDecoder:
         #: True between a Begin and its Commit.
         self.in_transaction = False
         self.truncated = 0
+        #: Ids of rows already queued from the table: their inserts are skipped.
+        self.skip_ids: set[int] = set()
         self._commit_lsn = 0
         self._commit_time_us = 0
         self._events: list[OutboxEvent] = []
@@ -382,6 +385,7 @@ class StreamDecoder:
         # The hot loop: three frames per single-row transaction. Begin, Commit and the
         # outbox's inserts are handled inline; everything else is rare.
         events = self._events
+        skip_ids = self.skip_ids
         for frame in frames:
             if frame[0] != _XLOGDATA:
                 self._keepalive(frame)
@@ -392,10 +396,12 @@ class StreamDecoder:
                 if shape is not None and (
                     _RELATION_ID.unpack_from(frame, _HEADER_SIZE + 1)[0] == shape.relation_id
                 ):
-                    insert = decode_message(frame, _HEADER_SIZE)
+                    row = decode_message(frame, _HEADER_SIZE).new  # type: ignore[union-attr]
+                    if skip_ids and int(row[shape.positions[0]]) in skip_ids:  # type: ignore[arg-type]
+                        continue  # swept from the table: not worth building
                     event = event_from_row(
                         shape,
-                        insert.new,  # type: ignore[union-attr]
+                        row,
                         commit_lsn=self._commit_lsn,
                         topic_template=self.topic_template,
                     )
@@ -636,6 +642,8 @@ class WalSource:
         self._room.set()
         #: Ids the last sweep published: the stream skips them (they are in flight).
         self._swept_ids: set[int] = set()
+        self._decoder.skip_ids = self._swept_ids
+        self._swept_horizon = 0
         #: After a reconnect, transactions up to here were seen before: their rows
         #: are either settled or pending (and then swept), never streamed again.
         self._replay_until = 0
@@ -910,6 +918,12 @@ class WalSource:
                 sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot_name))
             )
         parked = await self._read_parked(conn)
+        # Every row this snapshot sees committed before this position: once the stream
+        # is past it, no streamed row can be a swept one and the ids can go.
+        cursor = await conn.execute(query("wal", "insert_position", {}))
+        position = await cursor.fetchone()
+        if position is not None:
+            self._swept_horizon = max(self._swept_horizon, parse_lsn(position[0]))
         self._parked_ids, self._parked_keys = parked_state(parked)
         self._parked_checked_s = time.monotonic()
         self._sweep_state = _SweepState(outstanding, set(self._parked_keys))
@@ -1020,6 +1034,7 @@ class WalSource:
         self._swept_ids.clear()
         self._sweep_state = None
         self._decoder = self._new_decoder()
+        self._decoder.skip_ids = self._swept_ids
         await self._connect()
 
     async def _disconnect(self) -> None:
@@ -1077,6 +1092,8 @@ class WalSource:
         park_keys = self._park_keys and self._parked_keys
         for transaction in transactions:
             self._highest_end = max(self._highest_end, transaction.end_lsn)
+            if swept and transaction.commit_lsn > self._swept_horizon:
+                swept.clear()
             if transaction.rejected:
                 await self._park_rejected(transaction.rejected)
             events = transaction.events

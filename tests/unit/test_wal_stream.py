@@ -375,3 +375,18 @@ def test_relation_shape_follows_column_positions() -> None:
     shaped = Relation(None, 1, "public", "outbox", ReplicaIdentity.DEFAULT, columns)
     shape = OutboxShape.of(shaped)
     assert shape.positions[0] == len(OUTBOX_COLUMNS)  # id is the last column here
+
+
+def test_rows_already_queued_from_the_table_are_skipped() -> None:
+    stream = decoder()
+    stream.skip_ids = {1, 3}
+    [transaction] = feed(
+        stream,
+        relation(),
+        begin(1),
+        insert(outbox_row(1)),
+        insert(outbox_row(2)),
+        insert(outbox_row(3)),
+        commit(1, 2),
+    )
+    assert [event.id for event in transaction.events] == [2]
