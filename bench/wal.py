@@ -28,7 +28,7 @@ from collections.abc import Sequence
 import psycopg
 
 from relay import logs, migrate
-from relay.config import Mode, Settings
+from relay.config import Mode, OnSent, Settings
 from relay.embedded import EmbeddedBroker, EmbeddedPostgres
 from relay.events import OutboxEvent, PublishResult
 from relay.loop import LoopConfig, RelayLoop
@@ -137,8 +137,9 @@ def drain(
     per_tx: int,
     *,
     stream_only: bool,
+    on_sent: OnSent = OnSent.MARK,
 ) -> None:
-    name = f"drain_{per_tx}_{'stream' if stream_only else 'restart'}"
+    name = f"drain_{per_tx}_{'stream' if stream_only else 'restart'}_{on_sent.value}"
     url = new_database(cluster, name)
     settings = Settings(
         database_url=url,
@@ -146,6 +147,7 @@ def drain(
         mode=Mode.WAL,
         slot_name=name,
         kafka_enable_idempotence=False,
+        on_sent=on_sent,
         batch_size=5000,
         log_level="warning",
     )
@@ -172,9 +174,9 @@ def drain(
         )
     )
     relay_s = publisher.finished - publisher.started
-    marked = sent_count(url)
+    marked = sent_count(url) if on_sent is OnSent.MARK else events
     label = "single-row tx" if per_tx == 1 else f"{per_tx}-row tx"
-    how = "stream " if stream_only else "restart"
+    how = ("stream " if stream_only else "restart") + f", on-sent {on_sent.value:<4}"
     print(
         f"drain {events} events, {label:>13}, {how}: relay {events / relay_s:9,.0f} ev/s "
         f"({relay_s:.2f} s), server decode alone {events / server_s:9,.0f} ev/s "
@@ -257,6 +259,8 @@ def main() -> None:
         for per_tx in (1, 100):
             drain(cluster, broker, events, per_tx, stream_only=True)
             drain(cluster, broker, events, per_tx, stream_only=False)
+            # The ceiling without PostgreSQL's UPDATE of every sent row.
+            drain(cluster, broker, events, per_tx, stream_only=True, on_sent=OnSent.NONE)
         latency(cluster, broker, 1000, seconds)
         latency(cluster, broker, 5000, seconds)
 
