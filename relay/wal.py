@@ -259,12 +259,59 @@ def _bytea(value: object) -> bytes | None:
     return bytes.fromhex(value[2:].decode("ascii"))
 
 
+_INSERT_HEAD: Final = struct.Struct(">IBH")  # relation id, 'N', number of columns
+_INSERT_COLUMNS_AT: Final = _HEADER_SIZE + 1 + _INSERT_HEAD.size
+_NEW_TUPLE: Final = ord("N")
+_TEXT_VALUE: Final = ord("t")
+_NULL_VALUE: Final = ord("n")
+_LENGTH: Final = struct.Struct(">I")
+
+
+def read_insert_columns(frame: bytes, count: int) -> list[bytes | None]:
+    """The first `count` column values of an XLogData frame holding a pgoutput Insert.
+
+    The outbox's hot path: the columns the relay does not read come last in the table
+    (sent_at, last_error, ...), so they are not even sliced. Inserts carry text values
+    or NULLs only (no unchanged-TOAST marker; binary values need an option we do not set).
+
+    Raises:
+        PgOutputError: the frame is not an insert of a new tuple, or is truncated.
+
+    """
+    try:
+        _relation_id, marker, ncols = _INSERT_HEAD.unpack_from(frame, _HEADER_SIZE + 1)
+        if marker != _NEW_TUPLE:
+            raise PgOutputError(f"expected 'N' in pgoutput insert, got {marker:#04x}")
+        values: list[bytes | None] = [None] * count
+        pos = _INSERT_COLUMNS_AT
+        unpack_length = _LENGTH.unpack_from
+        for index in range(min(count, ncols)):
+            kind = frame[pos]
+            if kind == _TEXT_VALUE:
+                (length,) = unpack_length(frame, pos + 1)
+                pos += 5
+                end = pos + length
+                values[index] = frame[pos:end]
+                pos = end
+            elif kind == _NULL_VALUE:
+                pos += 1
+            else:
+                raise PgOutputError(f"unexpected column kind {kind:#04x} in an outbox insert")
+    except (struct.error, IndexError):
+        raise PgOutputError("truncated pgoutput insert") from None
+    if pos > len(frame):
+        raise PgOutputError("truncated pgoutput insert")
+    return values
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class OutboxShape:
     """Where the columns the relay reads sit in the outbox relation's rows."""
 
     relation_id: int
     positions: tuple[int, ...]
+    #: How many leading columns hold every column the relay reads.
+    width: int
 
     @classmethod
     def of(cls, relation: Relation) -> OutboxShape:
@@ -281,7 +328,8 @@ class OutboxShape:
                 f"{relation.namespace}.{relation.name} has no column {missing[0]}: "
                 "it is not an outbox table (run outbox-relay migrate)"
             )
-        return cls(relation.relation_id, tuple(by_name[name] for name in OUTBOX_COLUMNS))
+        positions = tuple(by_name[name] for name in OUTBOX_COLUMNS)
+        return cls(relation.relation_id, positions, max(positions) + 1)
 
 
 def event_from_row(
@@ -396,7 +444,7 @@ class StreamDecoder:
                 if shape is not None and (
                     _RELATION_ID.unpack_from(frame, _HEADER_SIZE + 1)[0] == shape.relation_id
                 ):
-                    row = decode_message(frame, _HEADER_SIZE).new  # type: ignore[union-attr]
+                    row = read_insert_columns(frame, shape.width)
                     if skip_ids and int(row[shape.positions[0]]) in skip_ids:  # type: ignore[arg-type]
                         continue  # swept from the table: not worth building
                     event = event_from_row(
@@ -1082,6 +1130,11 @@ class WalSource:
             self._broken = exc
             self._has_events.set()
             log.warning("replication stream stopped", error=first_line(exc))
+        except Exception as exc:
+            # Never a silent stall: the next fetch raises it and reconnects.
+            self._broken = exc
+            self._has_events.set()
+            log.exception("replication stream failed")
 
     async def _accept(self, transactions: list[WalTransaction]) -> None:
         """Queue the events of committed transactions and register them for confirming."""

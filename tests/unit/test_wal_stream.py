@@ -11,7 +11,13 @@ import uuid
 import pytest
 
 from relay.events import OutboxEvent
-from relay.pgoutput import Column, Relation, ReplicaIdentity, datetime_to_pg_timestamp
+from relay.pgoutput import (
+    Column,
+    PgOutputError,
+    Relation,
+    ReplicaIdentity,
+    datetime_to_pg_timestamp,
+)
 from relay.slot import WalSetupError
 from relay.wal import (
     OUTBOX_COLUMNS,
@@ -390,3 +396,20 @@ def test_rows_already_queued_from_the_table_are_skipped() -> None:
         commit(1, 2),
     )
     assert [event.id for event in transaction.events] == [2]
+
+
+def test_columns_after_the_ones_the_relay_reads_are_not_decoded() -> None:
+    stream = decoder()
+    columns = (*OUTBOX_COLUMNS, "sent_at", "last_error")
+    row = outbox_row(5)
+    values = [row[name] for name in OUTBOX_COLUMNS] + [None, b"boom"]
+    frame = xlogdata(b"I" + struct.pack(">IB", RELATION_ID, ord("N")) + tuple_data(values))
+    [transaction] = feed(stream, relation(columns=columns), begin(1), frame, commit(1, 2))
+    assert [event.id for event in transaction.events] == [5]
+
+
+def test_a_truncated_insert_is_an_error_not_a_wrong_event() -> None:
+    stream = decoder()
+    frame = insert(outbox_row(1))
+    with pytest.raises(PgOutputError, match="truncated"):
+        feed(stream, relation(), begin(1), frame[:-20])
