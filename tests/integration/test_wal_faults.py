@@ -160,3 +160,32 @@ async def test_poison_event_is_parked_and_its_key_waits_until_released(
         await wait_until(lambda: states(settings.database_url) == {"sent": 6}, 30)
     records = await consume(settings.bootstrap_servers, [topic], expected=6, idle_s=1)
     assert per_key(records)["a"] == [0, 2, 3]
+
+
+async def test_a_table_less_poison_event_is_parked_as_a_row_and_its_key_waits(
+    settings: Settings, topic: str
+) -> None:
+    settings = dataclasses.replace(
+        wal_settings(settings, message_prefix="outbox"), kafka_max_request_size=2000
+    )
+
+    def emit(conn: psycopg.Connection[tuple[object, ...]], n: int, pad: int) -> None:
+        envelope = {"topic": topic, "key": "a", "payload": {"n": n, "pad": "x" * pad}}
+        conn.execute("SELECT pg_logical_emit_message(true, 'outbox', %s)", (json.dumps(envelope),))
+        conn.commit()
+
+    async with running_relay(settings, batch_size=20):
+        with psycopg.connect(settings.database_url) as conn:
+            emit(conn, 0, 10)
+            emit(conn, 1, 5000)  # too large: parked after three attempts
+            emit(conn, 2, 10)  # waits behind it, as a pending row
+        await wait_until(lambda: states(settings.database_url) == {"parked": 1, "pending": 1})
+        with psycopg.connect(settings.database_url) as conn:
+            conn.execute(
+                "UPDATE outbox SET state = 'pending', attempts = 0, parked_at = NULL, "
+                "payload_bytes = convert_to('{\"n\":1}', 'UTF8') WHERE state = 'parked'"
+            )
+        await wait_until(lambda: states(settings.database_url) == {"sent": 2}, 30)
+        records = await consume(settings.bootstrap_servers, [topic], expected=3, idle_s=1)
+    assert [json.loads(r.value or b"")["n"] for r in records] == [0, 1, 2]
+    assert len({r.event_id for r in records}) == 3
