@@ -1150,7 +1150,7 @@ class WalSource:
             if transaction.rejected:
                 await self._park_rejected(transaction.rejected)
             events = transaction.events
-            if events and (swept or park_keys or transaction.commit_lsn <= replay_until):
+            if events and (swept or park_keys or transaction.commit_lsn < replay_until):
                 events = await self._filter(transaction)
             tracker.add(
                 transaction.commit_lsn, transaction.end_lsn, len(events), transaction.commit_time_us
@@ -1162,7 +1162,7 @@ class WalSource:
 
     async def _filter(self, transaction: WalTransaction) -> tuple[OutboxEvent, ...]:
         kept = []
-        replayed = transaction.commit_lsn <= self._replay_until
+        replayed = transaction.commit_lsn < self._replay_until
         for event in transaction.events:
             if event.id and (replayed or event.id in self._swept_ids):
                 continue  # settled already, or pending and swept from the table
