@@ -286,9 +286,24 @@ def compact_json(text: str) -> bytes:
     """
     if "\\" in text:
         return _COMPACT.encode(json.loads(text)).encode()
+    # The parts outside strings are joined, stripped of spaces and split again in one go
+    # each (C loops), instead of one replace per part.
     parts = text.split('"')
-    parts[::2] = [part.replace(" ", "") for part in parts[::2]]
+    parts[::2] = '"'.join(parts[::2]).replace(" ", "").split('"')
     return '"'.join(parts).encode()
+
+
+def compact_json_bytes(raw: bytes) -> bytes:
+    """`compact_json` of ``jsonb`` text still in its UTF-8 bytes (as WAL mode reads it).
+
+    Neither ``"`` nor a space occurs inside a multi-byte UTF-8 sequence, so the bytes are
+    compacted as they are, without decoding and encoding again.
+    """
+    if b"\\" in raw:
+        return compact_json(raw.decode())
+    parts = raw.split(b'"')
+    parts[::2] = b'"'.join(parts[::2]).replace(b" ", b"").split(b'"')
+    return b'"'.join(parts)
 
 
 def header_value(value: object) -> bytes:

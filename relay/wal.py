@@ -70,7 +70,14 @@ import structlog
 from psycopg import sql
 
 from relay.config import OnSent, PoisonPolicy, Settings
-from relay.decisions import compact_json, kafka_headers, route_topic
+from relay.decisions import (
+    compact_json,
+    compact_json_bytes,
+    header_value,
+    kafka_headers,
+    parse_json_object,
+    route_topic,
+)
 from relay.errors import DatabaseError, RelayError, first_line
 from relay.events import Acknowledgement, FailedEvent, OutboxEvent
 from relay.metrics import Metrics
@@ -248,9 +255,6 @@ def decode_envelope(
     )
 
 
-_decode_json: Final = json.JSONDecoder().decode
-
-
 def _bytea(value: object) -> bytes | None:
     if not isinstance(value, bytes):
         return None
@@ -282,18 +286,18 @@ def read_insert_columns(frame: bytes, count: int) -> list[bytes | None]:
         _relation_id, marker, ncols = _INSERT_HEAD.unpack_from(frame, _HEADER_SIZE + 1)
         if marker != _NEW_TUPLE:
             raise PgOutputError(f"expected 'N' in pgoutput insert, got {marker:#04x}")
-        values: list[bytes | None] = [None] * count
-        pos = _INSERT_COLUMNS_AT
+        values: list[bytes | None] = []
+        append = values.append
         unpack_length = _LENGTH.unpack_from
-        for index in range(min(count, ncols)):
+        pos = _INSERT_COLUMNS_AT
+        for _ in range(min(count, ncols)):
             kind = frame[pos]
             if kind == _TEXT_VALUE:
-                (length,) = unpack_length(frame, pos + 1)
-                pos += 5
-                end = pos + length
-                values[index] = frame[pos:end]
+                end = pos + 5 + unpack_length(frame, pos + 1)[0]
+                append(frame[pos + 5 : end])
                 pos = end
             elif kind == _NULL_VALUE:
+                append(None)
                 pos += 1
             else:
                 raise PgOutputError(f"unexpected column kind {kind:#04x} in an outbox insert")
@@ -301,6 +305,8 @@ def read_insert_columns(frame: bytes, count: int) -> list[bytes | None]:
         raise PgOutputError("truncated pgoutput insert") from None
     if pos > len(frame):
         raise PgOutputError("truncated pgoutput insert")
+    if len(values) < count:
+        values.extend([None] * (count - len(values)))
     return values
 
 
@@ -332,14 +338,34 @@ class OutboxShape:
         return cls(relation.relation_id, positions, max(positions) + 1)
 
 
+# An `OutboxEvent` built through its slots: a frozen dataclass's __init__ sets each
+# field with object.__setattr__, which costs twice as much, once per streamed event.
+_EVENT_FIELDS: Final = (
+    "id", "event_id", "topic", "key", "value", "headers", "created_at", "attempts", "lsn",
+)  # fmt: skip
+if tuple(field.name for field in dataclasses.fields(OutboxEvent)) != _EVENT_FIELDS:
+    raise ImportError("OutboxEvent's fields changed: update relay.wal.event_from_row")
+(
+    _set_id, _set_event_id, _set_topic, _set_key, _set_value, _set_headers,
+    _set_created_at, _set_attempts, _set_lsn,
+) = (getattr(OutboxEvent, name).__set__ for name in _EVENT_FIELDS)  # fmt: skip
+_new_object: Final = object.__new__
+_fromisoformat: Final = dt.datetime.fromisoformat
+
+
 def event_from_row(
     shape: OutboxShape,
-    row: Sequence[object],
+    row: Sequence[Any],
     *,
     commit_lsn: int,
     topic_template: str = "",
 ) -> OutboxEvent | None:
-    """The event of an inserted outbox row, or None when it was not inserted pending."""
+    """The event of an inserted outbox row, or None when it was not inserted pending.
+
+    The same record as `relay.decisions.kafka_headers` and `compact_json` build from the
+    table, made from the text values as they are in the frame: the header values
+    ``event_id``, ``event_type`` and ``aggregate_type`` are those bytes.
+    """
     (
         p_id, p_event_id, p_topic, p_key, p_payload, p_payload_bytes, p_headers,
         p_event_type, p_aggregate_type, p_created_at, p_state, p_attempts,
@@ -348,38 +374,43 @@ def event_from_row(
     # what a conditional expression does (text values are bytes, NULL is None).
     if row[p_state] != b"pending":
         return None
-    raw: Any = row[p_event_id]
-    event_id: str = raw.decode() if raw is not None else ""
+    raw_event_id: bytes = row[p_event_id] or b""
+    headers = [("event_id", raw_event_id)]
+    raw = row[p_event_type]
+    if raw is not None:
+        headers.append(("event_type", raw))
+    raw = row[p_aggregate_type]
+    if raw is not None:
+        headers.append(("aggregate_type", raw))
+    raw = row[p_headers]
+    if raw is not None and raw != b"{}":
+        for name, value in parse_json_object(raw.decode()).items():
+            if name != "event_id" and value is not None:
+                headers.append((name, header_value(value)))
     raw = row[p_topic]
     topic: str = raw.decode() if raw is not None else ""
-    raw = row[p_event_type]
-    event_type: str | None = raw.decode() if raw is not None else None
-    raw = row[p_aggregate_type]
-    aggregate_type: str | None = raw.decode() if raw is not None else None
+    if topic_template:
+        raw = row[p_event_type]
+        event_type = raw.decode() if raw is not None else None
+        raw = row[p_aggregate_type]
+        topic = route_topic(
+            topic_template, topic, event_type, raw.decode() if raw is not None else None
+        )
+    event: OutboxEvent = _new_object(OutboxEvent)
+    _set_id(event, int(row[p_id]))
+    _set_event_id(event, raw_event_id.decode())
+    _set_topic(event, topic)
     raw = row[p_key]
-    key: str | None = raw.decode() if raw is not None else None
+    _set_key(event, raw.decode() if raw is not None else None)
     raw = row[p_payload]
-    value = compact_json(raw.decode()) if raw is not None else _bytea(row[p_payload_bytes])
-    raw = row[p_headers]
-    own = _decode_json(raw.decode()) if raw is not None and raw != b"{}" else None
+    _set_value(event, compact_json_bytes(raw) if raw is not None else _bytea(row[p_payload_bytes]))
+    _set_headers(event, tuple(headers))
     raw = row[p_created_at]
-    created_at = dt.datetime.fromisoformat(raw.decode()) if raw is not None else None
+    _set_created_at(event, _fromisoformat(raw.decode()) if raw is not None else None)
     raw = row[p_attempts]
-    return OutboxEvent(
-        id=int(row[p_id]),  # type: ignore[call-overload]
-        event_id=event_id,
-        topic=(
-            route_topic(topic_template, topic, event_type, aggregate_type)
-            if topic_template
-            else topic
-        ),
-        key=key,
-        value=value,
-        headers=kafka_headers(event_id, event_type, aggregate_type, own),
-        created_at=created_at,
-        attempts=int(raw) if raw is not None else 0,
-        lsn=commit_lsn,
-    )
+    _set_attempts(event, int(raw) if raw is not None else 0)
+    _set_lsn(event, commit_lsn)
+    return event
 
 
 # --- The stream -----------------------------------------------------------------------
