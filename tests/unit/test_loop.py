@@ -8,7 +8,7 @@ import asyncio
 from collections.abc import Callable, Sequence
 
 from relay.events import Acknowledgement, EventState, OutboxEvent, PublishFailure
-from relay.loop import LoopConfig, RelayLoop
+from relay.loop import LoopConfig, RelayLoop, _observe_many
 from relay.metrics import Metrics
 from relay.testing import InMemorySource, RecordingPublisher, make_event
 
@@ -217,3 +217,21 @@ async def test_a_failed_acknowledgement_does_not_leave_a_fetch_ahead_waiting_for
 
     source.acknowledge = failing_once  # type: ignore[method-assign]
     await run_until(loop, lambda: len(sent_ids(source)) == 3, timeout_s=5)
+
+
+def test_latencies_of_a_batch_land_in_the_buckets_observe_would_pick() -> None:
+    values = [0.0, 0.001, 0.0011, 0.004, 0.02, 0.5, 1.0, 7.0, 100.0, 0.0025]
+    one_by_one, in_bulk = Metrics(), Metrics()
+    for value in values:
+        one_by_one.commit_to_ack.observe(value)
+    _observe_many(in_bulk.commit_to_ack, values)
+
+    def samples(metrics: Metrics) -> list[tuple[str, dict[str, str], float]]:
+        return [
+            (sample.name, sample.labels, sample.value)
+            for metric in metrics.commit_to_ack.collect()
+            for sample in metric.samples
+            if not sample.name.endswith("_created")
+        ]
+
+    assert samples(in_bulk) == samples(one_by_one)
