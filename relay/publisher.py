@@ -106,7 +106,13 @@ def _ssl_context(settings: Settings) -> ssl.SSLContext:
 def record_too_large(event: OutboxEvent, max_request_size: int) -> PublishFailure | None:
     """A permanent failure when `event` cannot fit in a produce request, else None."""
     key = event.key.encode() if event.key is not None else None
-    size = DefaultRecordBatchBuilder.estimate_size_in_bytes(key, event.value, list(event.headers))
+    return _too_large(
+        DefaultRecordBatchBuilder.estimate_size_in_bytes(key, event.value, list(event.headers)),
+        max_request_size,
+    )
+
+
+def _too_large(size: int, max_request_size: int) -> PublishFailure | None:
     if size > max_request_size:
         return PublishFailure(
             f"RecordTooLarge: record of {size} bytes is larger than "
@@ -242,44 +248,44 @@ class KafkaPublisher:
     ) -> list[_Chain]:
         counts = await self._partition_counts(events)
         max_request_size = self._settings.kafka_max_request_size
+        estimate = DefaultRecordBatchBuilder.estimate_size_in_bytes
+        partition_for = decisions.partition_for
         hold = decisions.KeyHold()
         chains: dict[tuple[str, int], _Chain] = {}
         null_turn = next(self._null_key_turn)
+        # One pass, one key encoding and one headers list per event: this loop runs for
+        # every relayed event.
         for index, event in enumerate(events):
             count = counts[event.topic]
+            key = event.key.encode() if event.key is not None else None
+            headers = list(event.headers)
             failure: PublishFailure | None
             if hold.holds(event):
                 failure = decisions.held_back(event.key or "")
             elif isinstance(count, PublishFailure):
                 failure = count
             else:
-                failure = record_too_large(event, max_request_size)
+                failure = _too_large(estimate(key, event.value, headers), max_request_size)
             if failure is not None:
                 failures[index] = failure
                 hold.block(event)
                 continue
             assert isinstance(count, int)  # noqa: S101 - narrowed by the branch above
-            key = event.key.encode() if event.key is not None else None
-            partition = (
-                decisions.partition_for(key, count) if key is not None else null_turn % count
-            )
+            partition = partition_for(key, count) if key is not None else null_turn % count
             chain = chains.get((event.topic, partition))
             if chain is None:
                 chain = chains[event.topic, partition] = _Chain(event.topic, partition)
-            self._append(chain, index, key, event)
+            builders = chain.builders
+            if builders:
+                builder, indexes = builders[-1]
+                if builder.append(timestamp=None, key=key, value=event.value, headers=headers):
+                    indexes.append(index)
+                    continue
+            builder = self._producer.create_batch()
+            # A fresh builder takes any first record; sizes were checked against the limit.
+            builder.append(timestamp=None, key=key, value=event.value, headers=headers)
+            builders.append((builder, [index]))
         return list(chains.values())
-
-    def _append(self, chain: _Chain, index: int, key: bytes | None, event: OutboxEvent) -> None:
-        headers = list(event.headers)
-        if chain.builders:
-            builder, indexes = chain.builders[-1]
-            if builder.append(timestamp=None, key=key, value=event.value, headers=headers):
-                indexes.append(index)
-                return
-        builder = self._producer.create_batch()
-        # A fresh builder takes any first record; sizes were checked against the limit.
-        builder.append(timestamp=None, key=key, value=event.value, headers=headers)
-        chain.builders.append((builder, [index]))
 
     async def _send_chain(
         self, chain: _Chain, events: Sequence[OutboxEvent], failures: list[PublishFailure | None]

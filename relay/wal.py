@@ -57,6 +57,7 @@ import contextlib
 import dataclasses
 import datetime as dt
 import json
+import operator
 import re
 import struct
 import time
@@ -833,7 +834,8 @@ class WalSource:
         """Settle rows in the table, then let the slot confirm what is fully settled."""
         fetched = self._fetched
         settled = fetched.settled
-        ids = [event.id for event in acknowledgement.sent if event.id]
+        sent = acknowledgement.sent
+        ids = [event.id for event in sent if event.id]
         try:
             # The lock keeps a reconnect (fetch runs beside us) from closing the
             # connection under a statement, which would then wait forever.
@@ -841,15 +843,13 @@ class WalSource:
                 conn = self._require_conn()
                 if ids and self._track_rows:
                     name = "delete_sent" if self._settings.on_sent is OnSent.DELETE else "mark_sent"
-                    await conn.execute(query("wal", name, self._names), {"ids": ids})
+                    await conn.execute(query("wal", name, self._names), {"ids": id_array(ids)})
                 for failed in acknowledgement.failed:
                     await self._record_failure(conn, failed)
         except psycopg.Error as exc:
             raise DatabaseError(f"cannot settle events: {first_line(exc)}") from None
-        done: collections.Counter[int] = collections.Counter()
-        for event in acknowledgement.sent:
-            settled.add(id(event))
-            done[event.lsn] += 1
+        settled.update(map(id, sent))
+        done = collections.Counter(map(_lsn_of, sent))
         for failed in acknowledgement.failed:
             if failed.park:
                 settled.add(id(failed.event))
@@ -1352,7 +1352,7 @@ class WalSource:
                 "replication slot lag",
                 slot=status.slot_name,
                 retained_bytes=status.retained_bytes,
-                lag_bytes=status.lag_bytes,
+                unconfirmed_bytes=status.unconfirmed_bytes,
                 lag_seconds=round(lag_s, 3),
                 confirmed_flush_lsn=format_lsn(status.confirmed_flush_lsn or 0),
             )
@@ -1371,6 +1371,18 @@ class WalSource:
                 self._heartbeat_ok = False
             except psycopg.Error as exc:
                 log.debug("heartbeat failed", error=first_line(exc))
+
+
+_lsn_of: Final = operator.attrgetter("lsn")
+
+
+def id_array(ids: Iterable[int]) -> str:
+    """Row ids as a PostgreSQL array literal (``{1,2,3}``), for a ``bigint[]`` parameter.
+
+    Thousands of ids per statement: joining their text is several times cheaper than
+    psycopg adapting a list item by item.
+    """
+    return "{" + ",".join(map(str, ids)) + "}"
 
 
 def parked_state(parked: dict[int, str | None]) -> tuple[set[int], set[str]]:

@@ -21,6 +21,8 @@ WHERE p.pubname = %(publication)s
 CREATE PUBLICATION {publication} FOR TABLE {outbox} WITH (publish = 'insert')
 
 -- name: slot_status
+-- What status, doctor, `slot status` and the relay's lag metrics read. On a standby
+-- there is no current WAL position to measure from: the byte counts are NULL there.
 SELECT s.slot_name,
        s.plugin,
        s.database,
@@ -28,14 +30,29 @@ SELECT s.slot_name,
        s.active,
        s.active_pid,
        s.wal_status,
+       s.safe_wal_size,
        s.restart_lsn::text AS restart_lsn,
        s.confirmed_flush_lsn::text AS confirmed_flush_lsn,
-       pg_wal_lsn_diff(pg_current_wal_lsn(), s.restart_lsn)::bigint AS retained_bytes,
-       pg_wal_lsn_diff(pg_current_wal_lsn(), s.confirmed_flush_lsn)::bigint AS lag_bytes,
+       CASE WHEN NOT pg_is_in_recovery()
+            THEN pg_wal_lsn_diff(pg_current_wal_lsn(), s.restart_lsn)::bigint
+       END AS retained_bytes,
+       CASE WHEN NOT pg_is_in_recovery()
+            THEN pg_wal_lsn_diff(pg_current_wal_lsn(), s.confirmed_flush_lsn)::bigint
+       END AS unconfirmed_bytes,
+       r.state AS sender_state,
        extract(epoch FROM r.flush_lag)::float8 AS flush_lag_seconds
 FROM pg_replication_slots s
 LEFT JOIN pg_stat_replication r ON r.pid = s.active_pid
-WHERE s.slot_name = %(slot_name)s
+WHERE s.slot_name = %(slot_name)s::text
+
+-- name: max_slot_wal_keep_size
+-- A server setting, not a slot property: in bytes, -1 for unlimited (a stopped relay's
+-- slot may then fill the disk).
+SELECT CASE WHEN setting::bigint < 0 THEN -1
+            ELSE setting::bigint * CASE unit WHEN 'kB' THEN 1024 WHEN 'MB' THEN 1048576
+                                              WHEN 'GB' THEN 1073741824 ELSE 1 END
+       END AS bytes
+FROM pg_settings WHERE name = 'max_slot_wal_keep_size'
 
 -- name: drop_slot
 SELECT pg_drop_replication_slot(%(slot_name)s)
@@ -60,10 +77,10 @@ SELECT id, key FROM {outbox} WHERE state = 'parked'
 
 -- name: mark_sent
 UPDATE {outbox} SET state = 'sent', sent_at = now()
-WHERE id = ANY(%(ids)s) AND state = 'pending'
+WHERE id = ANY(%(ids)s::bigint[]) AND state = 'pending'
 
 -- name: delete_sent
-DELETE FROM {outbox} WHERE id = ANY(%(ids)s) AND state = 'pending'
+DELETE FROM {outbox} WHERE id = ANY(%(ids)s::bigint[]) AND state = 'pending'
 
 -- name: record_failure
 UPDATE {outbox} SET attempts = attempts + 1, last_error = %(error)s
