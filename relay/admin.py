@@ -38,6 +38,7 @@ from relay import sql as relay_sql
 from relay.config import Mode, OnSent, Settings, parse_duration
 from relay.errors import ConfigError, DatabaseError, MigrationError, RelayError, first_line
 from relay.events import EventState
+from relay.slot import SlotStatus, max_slot_wal_keep_size, slot_json, slot_status
 
 Connection = psycopg.Connection[DictRow]
 
@@ -446,25 +447,6 @@ class TopicStatus:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class SlotStatus:
-    """The replication slot of WAL mode, as ``pg_replication_slots`` shows it."""
-
-    slot_name: str
-    exists: bool
-    active: bool = False
-    confirmed_flush_lsn: str | None = None
-    retained_bytes: int | None = None
-    unconfirmed_bytes: int | None = None
-    wal_status: str | None = None
-    safe_wal_size: int | None = None
-    #: ``max_slot_wal_keep_size`` in bytes, -1 for unlimited.
-    max_slot_wal_keep_size: int = -1
-    sender_state: str | None = None
-    plugin: str | None = None
-    database: str | None = None
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
 class Status:
     """A snapshot of the outbox for `outbox-relay status`."""
 
@@ -472,7 +454,11 @@ class Status:
     topics: tuple[TopicStatus, ...]
     #: False when the walk counting sent events hit its limit: counts are lower bounds.
     sent_counts_complete: bool
+    #: WAL mode: the slot's name (None in poll mode), the slot (None when it does not
+    #: exist) and the server's ``max_slot_wal_keep_size`` in bytes (-1 for unlimited).
+    slot_name: str | None = None
     slot: SlotStatus | None = None
+    max_slot_wal_keep_size: int = -1
     #: False with ``on_sent = none``: rows stay pending after they are published, so the
     #: table cannot tell what waits (the slot can).
     pending_known: bool = True
@@ -532,7 +518,12 @@ class Status:
                 }
                 for t in self.topics
             ],
-            "slot": dataclasses.asdict(self.slot) if self.slot else None,
+            "slot": (
+                slot_json(self.slot_name, self.slot)
+                | {"max_slot_wal_keep_size": self.max_slot_wal_keep_size}
+                if self.slot_name is not None
+                else None
+            ),
         }
 
 
@@ -567,14 +558,14 @@ def problems(status: Status, thresholds: Thresholds) -> list[str]:
         found.append(f"{status.parked} parked events (max {thresholds.max_parked})")
     if thresholds.max_pending is not None and status.pending > thresholds.max_pending:
         found.append(f"{status.pending} pending events (max {thresholds.max_pending})")
-    slot = status.slot
-    if slot is not None:
-        if not slot.exists:
-            found.append(f"replication slot {slot.slot_name} does not exist")
-        elif slot.wal_status == "lost":
-            found.append(f"replication slot {slot.slot_name} lost WAL it needed (wal_status lost)")
+    slot, name = status.slot, status.slot_name
+    if name is not None:
+        if slot is None:
+            found.append(f"replication slot {name} does not exist")
+        elif slot.lost:
+            found.append(f"replication slot {name} lost WAL it needed (wal_status lost)")
         elif not slot.active:
-            found.append(f"replication slot {slot.slot_name} is inactive (no relay streams it)")
+            found.append(f"replication slot {name} is inactive (no relay streams it)")
     return found
 
 
@@ -620,32 +611,6 @@ def _sent_counts(
     return counts, True
 
 
-def slot_status(conn: psycopg.Connection[Any], settings: Settings) -> SlotStatus:
-    """The WAL-mode replication slot named by ``settings.slot_name``."""
-    cursor = conn.cursor(row_factory=dict_row)
-    keep_row = cursor.execute(named_query(settings, "max_slot_wal_keep_size")).fetchone()
-    keep: int = keep_row["bytes"] if keep_row else -1
-    row = cursor.execute(
-        named_query(settings, "slot_status"), {"slot_name": settings.slot_name}
-    ).fetchone()
-    if row is None:
-        return SlotStatus(settings.slot_name, exists=False, max_slot_wal_keep_size=keep)
-    return SlotStatus(
-        slot_name=settings.slot_name,
-        exists=True,
-        active=row["active"],
-        confirmed_flush_lsn=row["confirmed_flush_lsn"],
-        retained_bytes=row["retained_bytes"],
-        unconfirmed_bytes=row["unconfirmed_bytes"],
-        wal_status=row["wal_status"],
-        safe_wal_size=row["safe_wal_size"],
-        max_slot_wal_keep_size=keep,
-        sender_state=row["sender_state"],
-        plugin=row["plugin"],
-        database=row["database"],
-    )
-
-
 def status(conn: Connection, settings: Settings) -> Status:
     """Pending, parked and recently sent events per topic; the slot in WAL mode."""
     bounds = _one(conn, named_query(settings, "id_range"), {})
@@ -671,12 +636,14 @@ def status(conn: Connection, settings: Settings) -> Status:
                 sent_last_hour=hour if sent_recorded else None,
             )
         )
-    slot = slot_status(conn, settings) if settings.mode is Mode.WAL else None
+    wal = settings.mode is Mode.WAL
     return Status(
         now=now,
         topics=tuple(topics),
         sent_counts_complete=complete,
-        slot=slot,
+        slot_name=settings.slot_name if wal else None,
+        slot=slot_status(conn, settings.slot_name) if wal else None,
+        max_slot_wal_keep_size=max_slot_wal_keep_size(conn) if wal else -1,
         pending_known=settings.on_sent is not OnSent.NONE,
     )
 

@@ -26,6 +26,7 @@ from relay.admin import BadInputError, EventRow, Selection
 from relay.config import OnSent, Settings
 from relay.events import EventState
 from relay.options import with_settings
+from relay.pgoutput import format_lsn
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -295,18 +296,19 @@ def _print_status(snapshot: admin.Status, found: list[str]) -> None:
         f"  last hour {_count(snapshot.sent_last_hour, complete=complete)}"
     )
     slot = snapshot.slot
-    if slot is not None:
-        if not slot.exists:
-            click.echo(f"slot {slot.slot_name}: does not exist")
+    if snapshot.slot_name is not None:
+        if slot is None:
+            click.echo(f"slot {snapshot.slot_name}: does not exist")
         else:
             keep = (
                 "unlimited"
-                if slot.max_slot_wal_keep_size < 0
-                else admin.format_bytes(slot.max_slot_wal_keep_size)
+                if snapshot.max_slot_wal_keep_size < 0
+                else admin.format_bytes(snapshot.max_slot_wal_keep_size)
             )
+            confirmed = slot.confirmed_flush_lsn
             click.echo(
                 f"slot {slot.slot_name}: {'active' if slot.active else 'INACTIVE'}"
-                f"  confirmed {slot.confirmed_flush_lsn or '-'}"
+                f"  confirmed {format_lsn(confirmed) if confirmed is not None else '-'}"
                 f"  retained {admin.format_bytes(slot.retained_bytes)}"
                 f"  wal_status {slot.wal_status or '-'}"
                 f"  safe_wal_size {admin.format_bytes(slot.safe_wal_size)}"

@@ -22,6 +22,7 @@ from psycopg.rows import dict_row
 from relay import admin, decisions, migrate, publisher
 from relay.config import Mode, OnSent, Settings
 from relay.errors import ConfigError, first_line
+from relay.slot import SlotStatus, max_slot_wal_keep_size, slot_status
 
 BROKER_TIMEOUT_S: Final = 5.0
 #: Warn when the WAL a slot may still retain before it is invalidated drops below this
@@ -80,7 +81,10 @@ class DatabaseFacts:
     can_select: bool
     can_update: bool
     can_delete: bool
-    slot: admin.SlotStatus
+    #: The WAL-mode slot, None when it does not exist.
+    slot: SlotStatus | None
+    #: The server's ``max_slot_wal_keep_size`` in bytes, -1 for unlimited.
+    max_slot_wal_keep_size: int
     #: Topics of pending events, after the topic template.
     pending_topics: frozenset[str]
 
@@ -154,7 +158,8 @@ def database_facts(conn: psycopg.Connection[Any], settings: Settings) -> Databas
         can_select=bool(privileges.get("can_select")),
         can_update=bool(privileges.get("can_update")),
         can_delete=bool(privileges.get("can_delete")),
-        slot=admin.slot_status(conn, settings),
+        slot=slot_status(conn, settings.slot_name),
+        max_slot_wal_keep_size=max_slot_wal_keep_size(conn),
         pending_topics=pending_topics,
     )
 
@@ -330,10 +335,9 @@ def check_publication(facts: DatabaseFacts, settings: Settings) -> Check:
     return Check(name, Level.OK, f"{settings.publication} publishes inserts of {outbox}")
 
 
-def _slot_unusable(facts: DatabaseFacts) -> Check | None:
+def _slot_unusable(slot: SlotStatus, facts: DatabaseFacts) -> Check | None:
     """A slot the relay cannot stream from: another plugin, another database, WAL lost."""
     name = "replication slot"
-    slot = facts.slot
     if slot.plugin is not None and slot.plugin != "pgoutput":
         return Check(
             name,
@@ -348,7 +352,7 @@ def _slot_unusable(facts: DatabaseFacts) -> Check | None:
             f"slot {slot.slot_name} belongs to database {slot.database}, not {facts.database}",
             "give each database's relay its own --slot-name",
         )
-    if slot.wal_status == "lost":
+    if slot.lost:
         return Check(
             name,
             Level.FAIL,
@@ -365,14 +369,14 @@ def check_slot(facts: DatabaseFacts, settings: Settings) -> Check:
     if skipped := _wal_only(name, settings):
         return skipped
     slot = facts.slot
-    if not slot.exists:
+    if slot is None:
         return Check(
             name,
             Level.WARN,
-            f"slot {slot.slot_name} does not exist yet",
+            f"slot {settings.slot_name} does not exist yet",
             "the relay creates it on its first start in wal mode",
         )
-    if unusable := _slot_unusable(facts):
+    if unusable := _slot_unusable(slot, facts):
         return unusable
     retained = admin.format_bytes(slot.retained_bytes)
     if slot.wal_status == "unreserved":
@@ -401,7 +405,7 @@ def check_wal_retention(facts: DatabaseFacts, settings: Settings) -> Check:
     if skipped := _wal_only(name, settings):
         return skipped
     slot = facts.slot
-    keep = slot.max_slot_wal_keep_size
+    keep = facts.max_slot_wal_keep_size
     if keep < 0:
         return Check(
             name,
@@ -410,23 +414,16 @@ def check_wal_retention(facts: DatabaseFacts, settings: Settings) -> Check:
             "ALTER SYSTEM SET max_slot_wal_keep_size = '50GB'; SELECT pg_reload_conf()",
         )
     limit = admin.format_bytes(keep)
-    if (
-        slot.exists
-        and slot.safe_wal_size is not None
-        and slot.safe_wal_size < keep * (SAFE_WAL_WARN_FRACTION)
-    ):
+    safe_wal_size = slot.safe_wal_size if slot is not None else None
+    if safe_wal_size is not None and safe_wal_size < keep * SAFE_WAL_WARN_FRACTION:
         return Check(
             name,
             Level.WARN,
-            f"only {admin.format_bytes(slot.safe_wal_size)} of {limit} left before "
-            f"slot {slot.slot_name} is invalidated",
+            f"only {admin.format_bytes(safe_wal_size)} of {limit} left before "
+            f"slot {settings.slot_name} is invalidated",
             "make sure the relay runs and catches up, or raise max_slot_wal_keep_size",
         )
-    safe = (
-        f", {admin.format_bytes(slot.safe_wal_size)} left"
-        if slot.exists and slot.safe_wal_size is not None
-        else ""
-    )
+    safe = f", {admin.format_bytes(safe_wal_size)} left" if safe_wal_size is not None else ""
     return Check(name, Level.OK, f"max_slot_wal_keep_size {limit}{safe}")
 
 

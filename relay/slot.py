@@ -6,8 +6,10 @@ privilege, a publication that does not carry the outbox's inserts, a slot of ano
 plugin or database. It never drops a slot on its own: `drop_slot` runs only when an
 operator asks (``outbox-relay slot drop``).
 
-`slot_status` (sync) and `fetch_slot_status` (async) are what ``outbox-relay status``
-and the relay's lag metrics read.
+`SlotStatus` is the one view of the slot: `slot_status` (sync) is what ``outbox-relay
+status``, ``doctor`` and ``slot status`` read, `fetch_slot_status` (async) what the
+relay's lag metrics read. ``max_slot_wal_keep_size`` is a server setting, not a slot
+property, so it has its own query (`max_slot_wal_keep_size`).
 """
 
 from __future__ import annotations
@@ -48,12 +50,17 @@ class SlotStatus:
     active_pid: int | None
     #: reserved, extended, unreserved or lost (None for a slot that never reserved WAL).
     wal_status: str | None
+    #: WAL the slot may still retain before ``max_slot_wal_keep_size`` invalidates it
+    #: (None when that is unlimited).
+    safe_wal_size: int | None
     restart_lsn: int | None
     confirmed_flush_lsn: int | None
     #: WAL the server keeps for this slot: from restart_lsn to the current position.
     retained_bytes: int | None
     #: WAL written since the position the relay last confirmed.
-    lag_bytes: int | None
+    unconfirmed_bytes: int | None
+    #: The walsender's state while a relay streams (pg_stat_replication), else None.
+    sender_state: str | None
     #: The walsender's flush lag while a relay streams (pg_stat_replication), else None.
     flush_lag_seconds: float | None
 
@@ -61,6 +68,23 @@ class SlotStatus:
     def lost(self) -> bool:
         """True when the slot's WAL was removed: it cannot stream any more."""
         return self.wal_status == LOST
+
+    def as_json(self) -> dict[str, Any]:
+        """Plain JSON values, positions as PostgreSQL writes them (``0/16B3748``)."""
+        values = dataclasses.asdict(self)
+        for name in ("restart_lsn", "confirmed_flush_lsn"):
+            values[name] = format_lsn(values[name]) if values[name] is not None else None
+        return values
+
+
+def slot_json(slot_name: str, status: SlotStatus | None) -> dict[str, Any]:
+    """The slot as JSON values, with ``exists``; the same keys when it does not exist."""
+    if status is None:
+        values = dict.fromkeys(field.name for field in dataclasses.fields(SlotStatus))
+        values |= {"slot_name": slot_name, "active": False}
+    else:
+        values = status.as_json()
+    return {"slot_name": slot_name, "exists": status is not None} | values
 
 
 def names(settings: Settings) -> dict[str, sql.Composable]:
@@ -83,10 +107,12 @@ def _status(row: dict[str, Any] | None) -> SlotStatus | None:
         active=bool(row["active"]),
         active_pid=row["active_pid"],
         wal_status=row["wal_status"],
+        safe_wal_size=row["safe_wal_size"],
         restart_lsn=_lsn(row["restart_lsn"]),
         confirmed_flush_lsn=_lsn(row["confirmed_flush_lsn"]),
         retained_bytes=row["retained_bytes"],
-        lag_bytes=row["lag_bytes"],
+        unconfirmed_bytes=row["unconfirmed_bytes"],
+        sender_state=row["sender_state"],
         flush_lag_seconds=row["flush_lag_seconds"],
     )
 
@@ -96,6 +122,14 @@ def slot_status(conn: psycopg.Connection[Any], slot_name: str) -> SlotStatus | N
     with conn.cursor(row_factory=dict_row) as cursor:
         cursor.execute(query("wal", "slot_status", {}), {"slot_name": slot_name})
         return _status(cursor.fetchone())
+
+
+def max_slot_wal_keep_size(conn: psycopg.Connection[Any]) -> int:
+    """The server's ``max_slot_wal_keep_size`` in bytes, -1 for unlimited."""
+    with conn.cursor(row_factory=dict_row) as cursor:
+        cursor.execute(query("wal", "max_slot_wal_keep_size", {}))
+        row = cursor.fetchone()
+    return int(row["bytes"]) if row else -1
 
 
 async def fetch_slot_status(
@@ -228,9 +262,7 @@ def slot_status_command(settings: Settings, *, as_json: bool) -> None:
         status = slot_status(conn, settings.slot_name)
     if status is None:
         raise DatabaseError(f"replication slot {settings.slot_name} does not exist")
-    values = dataclasses.asdict(status)
-    for name in ("restart_lsn", "confirmed_flush_lsn"):
-        values[name] = format_lsn(values[name]) if values[name] is not None else None
+    values = status.as_json()
     if as_json:
         click.echo(json.dumps(values, indent=2))
         return

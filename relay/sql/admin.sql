@@ -75,30 +75,6 @@ FROM {outbox}
 WHERE id > %(low)s AND id <= %(high)s
 GROUP BY topic;
 
--- name: slot_status
-SELECT s.slot_name, s.plugin, s.database, s.active, s.active_pid,
-       s.confirmed_flush_lsn::text AS confirmed_flush_lsn,
-       s.restart_lsn::text AS restart_lsn,
-       CASE WHEN pg_is_in_recovery() OR s.restart_lsn IS NULL THEN NULL
-            ELSE pg_wal_lsn_diff(pg_current_wal_lsn(), s.restart_lsn)::bigint
-       END AS retained_bytes,
-       CASE WHEN pg_is_in_recovery() OR s.confirmed_flush_lsn IS NULL THEN NULL
-            ELSE pg_wal_lsn_diff(pg_current_wal_lsn(), s.confirmed_flush_lsn)::bigint
-       END AS unconfirmed_bytes,
-       s.wal_status, s.safe_wal_size,
-       r.state AS sender_state, r.reply_time
-FROM pg_replication_slots s
-LEFT JOIN pg_stat_replication r ON r.pid = s.active_pid
-WHERE s.slot_name = %(slot_name)s::text;
-
--- name: max_slot_wal_keep_size
--- In bytes; -1 means unlimited (a stopped relay's slot may then fill the disk).
-SELECT CASE WHEN setting::bigint < 0 THEN -1
-            ELSE setting::bigint * CASE unit WHEN 'kB' THEN 1024 WHEN 'MB' THEN 1048576
-                                              WHEN 'GB' THEN 1073741824 ELSE 1 END
-       END AS bytes
-FROM pg_settings WHERE name = 'max_slot_wal_keep_size';
-
 -- name: retry_batch
 WITH chosen AS (
     SELECT id FROM {outbox}

@@ -135,7 +135,8 @@ def test_status_counts_a_drained_backlog_of_old_events_sent_just_now(database_ur
 def test_status_in_wal_mode_reports_the_slot(database_url: str) -> None:
     missing = cli("status", "--database-url", database_url, "--mode", "wal", "--json")
     assert missing.exit_code == 1
-    assert json.loads(missing.stdout)["slot"]["exists"] is False
+    missing_slot = json.loads(missing.stdout)["slot"]
+    assert (missing_slot["slot_name"], missing_slot["exists"]) == ("outbox_relay", False)
 
     with psycopg.connect(database_url, autocommit=True) as conn:
         conn.execute("SELECT pg_create_logical_replication_slot('admin_slot', 'pgoutput')")
@@ -152,8 +153,16 @@ def test_status_in_wal_mode_reports_the_slot(database_url: str) -> None:
     assert slot["wal_status"] in {"reserved", "extended"}
     assert slot["retained_bytes"] >= 0
     assert "/" in slot["confirmed_flush_lsn"]
+    assert slot["unconfirmed_bytes"] >= 0
     assert slot["max_slot_wal_keep_size"] == 1024**3
     assert any("inactive" in problem for problem in status["problems"])
+    # The same slot figures, under the same names, as `outbox-relay slot status`.
+    shown = cli(
+        "slot", "status", "--database-url", database_url, "--slot-name", "admin_slot", "--json"
+    )
+    alone = json.loads(shown.stdout)
+    assert set(alone) | {"exists", "max_slot_wal_keep_size"} == set(slot)
+    assert alone["confirmed_flush_lsn"] == slot["confirmed_flush_lsn"]
 
 
 def test_status_with_rows_never_marked_does_not_pretend_to_know_what_is_pending(

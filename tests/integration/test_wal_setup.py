@@ -88,6 +88,7 @@ async def test_slot_status_and_drop_commands(settings: Settings, topic: str) -> 
     assert status.returncode == 0, status.stderr
     assert f'slot_name = "{settings.slot_name}"' in status.stdout
     assert "active = false" in status.stdout
+    assert "unconfirmed_bytes = " in status.stdout
     refused = run_cli("slot", "drop", env=env)
     assert (refused.returncode, refused.stderr) == (
         2,

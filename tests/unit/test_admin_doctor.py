@@ -3,13 +3,30 @@ from __future__ import annotations
 import dataclasses
 
 from relay import doctor
-from relay.admin import SlotStatus
 from relay.config import Mode, OnSent, Settings
 from relay.doctor import BrokerFacts, DatabaseFacts, Level
+from relay.slot import SlotStatus
 
 WAL = Settings(mode=Mode.WAL)
 POLL = Settings()
 GIB = 1024**3
+
+SLOT = SlotStatus(
+    slot_name="outbox_relay",
+    plugin="pgoutput",
+    database="app",
+    in_this_database=True,
+    active=True,
+    active_pid=4242,
+    wal_status="reserved",
+    safe_wal_size=GIB,
+    restart_lsn=0x16B3748,
+    confirmed_flush_lsn=0x16B3780,
+    retained_bytes=1024,
+    unconfirmed_bytes=0,
+    sender_state="streaming",
+    flush_lag_seconds=0.001,
+)
 
 FACTS = DatabaseFacts(
     role="relay",
@@ -25,15 +42,8 @@ FACTS = DatabaseFacts(
     can_select=True,
     can_update=True,
     can_delete=True,
-    slot=SlotStatus(
-        "outbox_relay",
-        exists=True,
-        active=True,
-        retained_bytes=1024,
-        wal_status="reserved",
-        safe_wal_size=GIB,
-        max_slot_wal_keep_size=GIB,
-    ),
+    slot=SLOT,
+    max_slot_wal_keep_size=GIB,
     pending_topics=frozenset({"orders"}),
 )
 
@@ -93,10 +103,10 @@ def test_replication_privilege() -> None:
 
 def test_slot_states() -> None:
     def slot(**changes: object) -> Level:
-        facts = _with(slot=dataclasses.replace(FACTS.slot, **changes))  # type: ignore[arg-type]
+        facts = _with(slot=dataclasses.replace(SLOT, **changes))  # type: ignore[arg-type]
         return doctor.check_slot(facts, WAL).level
 
-    assert slot(exists=False) is Level.WARN
+    assert doctor.check_slot(_with(slot=None), WAL).level is Level.WARN
     assert slot(active=False) is Level.WARN
     assert slot(wal_status="unreserved") is Level.WARN
     assert slot(wal_status="lost") is Level.FAIL
@@ -107,10 +117,11 @@ def test_slot_states() -> None:
 
 def test_wal_retention() -> None:
     def retention(**changes: object) -> Level:
-        facts = _with(slot=dataclasses.replace(FACTS.slot, **changes))  # type: ignore[arg-type]
+        facts = _with(slot=dataclasses.replace(SLOT, **changes))  # type: ignore[arg-type]
         return doctor.check_wal_retention(facts, WAL).level
 
-    assert retention(max_slot_wal_keep_size=-1) is Level.WARN
+    assert doctor.check_wal_retention(_with(max_slot_wal_keep_size=-1), WAL).level is Level.WARN
+    assert doctor.check_wal_retention(_with(slot=None), WAL).level is Level.OK
     assert retention(safe_wal_size=GIB // 10) is Level.WARN
     assert retention(safe_wal_size=GIB // 2) is Level.OK
 

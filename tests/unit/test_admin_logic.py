@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import datetime as dt
 from collections.abc import Callable
 
@@ -10,7 +11,6 @@ from relay import admin
 from relay.admin import (
     BadInputError,
     Selection,
-    SlotStatus,
     Status,
     Thresholds,
     TopicStatus,
@@ -22,6 +22,7 @@ from relay.admin import (
     problems,
     walk_continues,
 )
+from relay.slot import SlotStatus
 
 NOW = dt.datetime(2026, 1, 31, 12, 0, tzinfo=dt.UTC)
 
@@ -144,28 +145,29 @@ def test_problems_follow_the_thresholds() -> None:
 
 
 def test_slot_problems_in_wal_mode() -> None:
-    base = _status()
-    missing = Status(
-        NOW, base.topics, sent_counts_complete=True, slot=SlotStatus("s", exists=False)
-    )
-    lost = Status(
-        NOW,
-        base.topics,
-        sent_counts_complete=True,
-        slot=SlotStatus("s", exists=True, active=True, wal_status="lost"),
-    )
-    idle = Status(
-        NOW,
-        base.topics,
-        sent_counts_complete=True,
-        slot=SlotStatus("s", exists=True, wal_status="reserved"),
-    )
-    fine = Status(
-        NOW,
-        base.topics,
-        sent_counts_complete=True,
-        slot=SlotStatus("s", exists=True, active=True, wal_status="reserved"),
-    )
+    def with_slot(*, active: bool = True, wal_status: str = "reserved") -> Status:
+        slot = SlotStatus(
+            slot_name="s",
+            plugin="pgoutput",
+            database="app",
+            in_this_database=True,
+            active=active,
+            active_pid=None,
+            wal_status=wal_status,
+            safe_wal_size=None,
+            restart_lsn=1,
+            confirmed_flush_lsn=1,
+            retained_bytes=0,
+            unconfirmed_bytes=0,
+            sender_state=None,
+            flush_lag_seconds=None,
+        )
+        return dataclasses.replace(_status(), slot_name="s", slot=slot)
+
+    missing = dataclasses.replace(_status(), slot_name="s")
+    lost = with_slot(wal_status="lost")
+    idle = with_slot(active=False)
+    fine = with_slot()
     assert problems(missing, Thresholds()) == ["replication slot s does not exist"]
     assert "lost" in problems(lost, Thresholds())[0]
     assert "inactive" in problems(idle, Thresholds())[0]
