@@ -1,0 +1,66 @@
+"""Review findings in WAL mode, proven against real PostgreSQL (no broker needed)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+
+import psycopg
+
+from relay.config import OnSent, Settings
+from relay.events import Acknowledgement, OutboxEvent
+from relay.wal import WalSource
+from tests.integration.test_wal_relay import insert_events, wait_until, wal_settings
+
+
+def terminate_relay_sessions(url: str) -> None:
+    """What a PostgreSQL restart does to the relay: every session of it ends."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND application_name = 'outbox-relay' "
+            "AND pid <> pg_backend_pid()"
+        )
+
+
+async def fetch_until(source: WalSource, wanted: int, timeout_s: float = 30.0) -> list[OutboxEvent]:
+    """Fetch (and acknowledge as sent) until `wanted` events came, or `timeout_s` passed."""
+    got: list[OutboxEvent] = []
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while len(got) < wanted and asyncio.get_running_loop().time() < deadline:
+        batch = list(await source.fetch(5))
+        if not batch:
+            await source.wait(0.2)
+            continue
+        await source.acknowledge(Acknowledgement(sent=tuple(batch)))
+        got.extend(batch)
+    return got
+
+
+async def test_on_sent_none_loses_no_queued_event_when_the_database_connection_breaks(
+    settings: Settings,
+) -> None:
+    """--on-sent none: events decoded but not yet fetched survive a lost connection.
+
+    The reconnect clears the queue and skips every replayed transaction up to the
+    highest one decoded; with no table record (no sweep) the queued events were gone.
+    """
+    settings = wal_settings(settings, on_sent=OnSent.NONE)
+    topic = f"t{uuid.uuid4().hex[:8]}"
+    source = WalSource(settings)
+    await source.start()
+    try:
+        insert_events(settings.database_url, topic, [f"k{i}" for i in range(20)])
+        first = await fetch_until(source, 5)
+        assert len(first) == 5
+        # The other 15 are decoded and queued, not yet handed to the loop.
+        await wait_until(lambda: len(source._queue) == 15)
+        terminate_relay_sessions(settings.database_url)
+        # The heartbeat notices the broken connection; the next fetch reconnects.
+        await wait_until(lambda: source._conn is None or source._conn.broken)
+        rest = await fetch_until(source, 15)
+    finally:
+        await source.stop()
+    numbers = {json.loads(event.value or b"null")["n"] for event in [*first, *rest]}
+    assert numbers == set(range(20))
