@@ -5,28 +5,10 @@ import dataclasses
 from relay import doctor
 from relay.config import Mode, OnSent, Settings
 from relay.doctor import BrokerFacts, DatabaseFacts, Level
-from relay.slot import SlotStatus
+from tests.unit.slot_fixtures import GIB, SLOT
 
 WAL = Settings(mode=Mode.WAL)
 POLL = Settings()
-GIB = 1024**3
-
-SLOT = SlotStatus(
-    slot_name="outbox_relay",
-    plugin="pgoutput",
-    database="app",
-    in_this_database=True,
-    active=True,
-    active_pid=4242,
-    wal_status="reserved",
-    safe_wal_size=GIB,
-    restart_lsn=0x16B3748,
-    confirmed_flush_lsn=0x16B3780,
-    retained_bytes=1024,
-    unconfirmed_bytes=0,
-    sender_state="streaming",
-    flush_lag_seconds=0.001,
-)
 
 FACTS = DatabaseFacts(
     role="relay",

@@ -22,7 +22,7 @@ from relay.admin import (
     problems,
     walk_continues,
 )
-from relay.slot import SlotStatus
+from tests.unit.slot_fixtures import SLOT
 
 NOW = dt.datetime(2026, 1, 31, 12, 0, tzinfo=dt.UTC)
 
@@ -146,29 +146,14 @@ def test_problems_follow_the_thresholds() -> None:
 
 def test_slot_problems_in_wal_mode() -> None:
     def with_slot(*, active: bool = True, wal_status: str = "reserved") -> Status:
-        slot = SlotStatus(
-            slot_name="s",
-            plugin="pgoutput",
-            database="app",
-            in_this_database=True,
-            active=active,
-            active_pid=None,
-            wal_status=wal_status,
-            safe_wal_size=None,
-            restart_lsn=1,
-            confirmed_flush_lsn=1,
-            retained_bytes=0,
-            unconfirmed_bytes=0,
-            sender_state=None,
-            flush_lag_seconds=None,
-        )
-        return dataclasses.replace(_status(), slot_name="s", slot=slot)
+        slot = dataclasses.replace(SLOT, active=active, wal_status=wal_status)
+        return dataclasses.replace(_status(), slot_name=SLOT.slot_name, slot=slot)
 
-    missing = dataclasses.replace(_status(), slot_name="s")
+    missing = dataclasses.replace(_status(), slot_name=SLOT.slot_name)
     lost = with_slot(wal_status="lost")
     idle = with_slot(active=False)
     fine = with_slot()
-    assert problems(missing, Thresholds()) == ["replication slot s does not exist"]
+    assert problems(missing, Thresholds()) == ["replication slot outbox_relay does not exist"]
     assert "lost" in problems(lost, Thresholds())[0]
     assert "inactive" in problems(idle, Thresholds())[0]
     assert problems(fine, Thresholds()) == []
