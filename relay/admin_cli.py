@@ -140,30 +140,39 @@ def _echo_json(value: object) -> None:
 # --- shared options ---------------------------------------------------------------------
 
 
-def _selection_options(command: F) -> F:
-    options = [
-        click.option(
-            "--topic", "topics", multiple=True, metavar="TOPIC", help="Only this topic (repeat)."
-        ),
-        click.option("--key", "keys", multiple=True, metavar="KEY", help="Only this key (repeat)."),
-        click.option(
-            "--event-id",
-            "event_ids",
-            multiple=True,
-            metavar="UUID",
-            help="Only this event (repeat).",
-        ),
-        click.option(
-            "--since",
-            metavar="WHEN",
-            help="Created at or after WHEN: an ISO timestamp (UTC if no offset) or a "
-            "duration ago (2h).",
-        ),
-        click.option("--until", metavar="WHEN", help="Created before WHEN (same forms)."),
-    ]
-    for option in reversed(options):
-        command = option(command)
-    return command
+def _options(*options: Callable[[Any], Any]) -> Callable[[F], F]:
+    """One decorator for several click options, listed in the order --help shows them."""
+
+    def decorate(command: F) -> F:
+        for option in reversed(options):
+            command = option(command)
+        return command
+
+    return decorate
+
+
+#: The filters every selecting command has: inspect, replay, retry, skip.
+_FILTER_OPTIONS: Final = (
+    click.option(
+        "--topic", "topics", multiple=True, metavar="TOPIC", help="Only this topic (repeat)."
+    ),
+    click.option("--key", "keys", multiple=True, metavar="KEY", help="Only this key (repeat)."),
+    click.option(
+        "--event-id", "event_ids", multiple=True, metavar="UUID", help="Only this event (repeat)."
+    ),
+)
+
+#: inspect and replay: the filters and a creation time range.
+_selection_options = _options(
+    *_FILTER_OPTIONS,
+    click.option(
+        "--since",
+        metavar="WHEN",
+        help="Created at or after WHEN: an ISO timestamp (UTC if no offset) or a "
+        "duration ago (2h).",
+    ),
+    click.option("--until", metavar="WHEN", help="Created before WHEN (same forms)."),
+)
 
 
 def _selection(
@@ -573,7 +582,10 @@ def replay_command(
     with admin.connect(settings) as conn:
         plan = admin.plan_replay(conn, settings, selection)
         if dry_run:
-            _report_replay_plan(plan, to_topic, as_json=as_json)
+            destination = f" to {to_topic}" if to_topic else ""
+            _report_dry_run(
+                plan.by_topic, f"replay {plan.total:,} events{destination}", as_json=as_json
+            )
             return
         progress = Progress(plan.total, "replayed")
         result = admin.replay(
@@ -606,13 +618,13 @@ def replay_command(
         _report_wait(outcome, as_json=as_json)
 
 
-def _report_replay_plan(plan: admin.ReplayPlan, to_topic: str | None, *, as_json: bool) -> None:
+def _report_dry_run(by_topic: dict[str, int], would: str, *, as_json: bool) -> None:
+    """What a dry run counted: ``would <would> (dry run, ...)`` and a table per topic."""
     if as_json:
-        _echo_json({"dry_run": True, "events": plan.total, "by_topic": plan.by_topic})
+        _echo_json({"dry_run": True, "events": sum(by_topic.values()), "by_topic": by_topic})
         return
-    destination = f" to {to_topic}" if to_topic else ""
-    click.echo(f"would replay {plan.total:,} events{destination} (dry run, nothing changed)")
-    click.echo(render_table(["topic", "events"], [[t, f"{n:,}"] for t, n in plan.by_topic.items()]))
+    click.echo(f"would {would} (dry run, nothing changed)")
+    click.echo(render_table(["topic", "events"], [[t, f"{n:,}"] for t, n in by_topic.items()]))
 
 
 def _wait_for_copies(
@@ -648,26 +660,13 @@ def _report_wait(outcome: dict[str, Any], *, as_json: bool) -> None:
 # --- retry and skip ---------------------------------------------------------------------
 
 
-def _parked_selection_options(command: F) -> F:
-    options = [
-        click.option(
-            "--topic", "topics", multiple=True, metavar="TOPIC", help="Only this topic (repeat)."
-        ),
-        click.option("--key", "keys", multiple=True, metavar="KEY", help="Only this key (repeat)."),
-        click.option(
-            "--event-id",
-            "event_ids",
-            multiple=True,
-            metavar="UUID",
-            help="Only this event (repeat).",
-        ),
-        click.option("--all", "everything", is_flag=True, help="Every parked event."),
-        click.option("--dry-run", is_flag=True, help="Count what would change, change nothing."),
-        click.option("--json", "as_json", is_flag=True, help="Print the outcome as JSON."),
-    ]
-    for option in reversed(options):
-        command = option(command)
-    return command
+#: retry and skip: the filters (or --all), a dry run, JSON output.
+_parked_selection_options = _options(
+    *_FILTER_OPTIONS,
+    click.option("--all", "everything", is_flag=True, help="Every parked event."),
+    click.option("--dry-run", is_flag=True, help="Count what would change, change nothing."),
+    click.option("--json", "as_json", is_flag=True, help="Print the outcome as JSON."),
+)
 
 
 def _parked_selection(
@@ -691,11 +690,7 @@ def _dry_run_parked(settings: Settings, selection: Selection, verb: str, *, as_j
     total = sum(by_topic.values())
     if not total:
         raise admin.NothingMatchedError(f"no parked event matches {selection.describe()}")
-    if as_json:
-        _echo_json({"dry_run": True, "events": total, "by_topic": by_topic})
-    else:
-        click.echo(f"would {verb} {total:,} parked events (dry run, nothing changed)")
-        click.echo(render_table(["topic", "events"], [[t, f"{n:,}"] for t, n in by_topic.items()]))
+    _report_dry_run(by_topic, f"{verb} {total:,} parked events", as_json=as_json)
 
 
 @click.command(name="retry")
