@@ -188,6 +188,10 @@ def _topic_template(value: str) -> str:
             f"unknown field {{{min(unknown)}}}; "
             f"use {', '.join('{' + f + '}' for f in sorted(TOPIC_TEMPLATE_FIELDS))}"
         )
+    try:  # what the regex cannot see (a lone brace) fails here, not at the first event
+        value.format_map(dict.fromkeys(TOPIC_TEMPLATE_FIELDS, "x"))
+    except (ValueError, KeyError, IndexError) as exc:
+        raise ValueError(f"not a valid template ({exc})") from None
     return value
 
 

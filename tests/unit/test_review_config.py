@@ -1,0 +1,18 @@
+"""Review findings in configuration: bad input is refused at start, in one line."""
+
+from __future__ import annotations
+
+import pytest
+
+from relay.config import load_settings
+from relay.errors import ConfigError
+
+
+@pytest.mark.parametrize("template", ["orders}", "{", "outbox.{aggregate_type"])
+def test_a_topic_template_with_unbalanced_braces_is_refused_at_start(template: str) -> None:
+    """Accepted before, it raised ValueError (a traceback) at the first relayed event."""
+    with pytest.raises(ConfigError) as caught:
+        load_settings({"topic_template": template}, {})
+    assert "invalid topic_template in --topic-template" in str(caught.value)
+    assert "\n" not in str(caught.value)
+    assert caught.value.exit_code == 2
