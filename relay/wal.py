@@ -735,6 +735,9 @@ class WalSource:
         self._sent_confirmed = -1
         self._heartbeat_ok = True
         self._sweep_state: _SweepState | None = None
+        #: True while decoded transactions are being queued and tracked (it may wait for
+        #: the database): the server's position is not safe to confirm meanwhile.
+        self._accepting = False
         self._conn_lock = asyncio.Lock()
 
     def _new_decoder(self) -> StreamDecoder:
@@ -1153,7 +1156,11 @@ class WalSource:
                 decoder.feed(frames, transactions)
                 frames.clear()
                 if transactions:
-                    await self._accept(transactions)
+                    self._accepting = True
+                    try:
+                        await self._accept(transactions)
+                    finally:
+                        self._accepting = False
                     transactions.clear()
                 if decoder.truncated:
                     log.warning("the outbox table was truncated; its rows are gone")
@@ -1296,7 +1303,7 @@ class WalSource:
         tracker = self._tracker
         confirmed = tracker.confirmable()
         decoder = self._decoder
-        if not decoder.in_transaction and tracker.idle and not self._queue:
+        if not decoder.in_transaction and not self._accepting and tracker.idle and not self._queue:
             # Nothing of ours is open: the server's position is safe too, so the slot
             # follows the WAL even when only other tables are written.
             tracker.confirmable()

@@ -168,3 +168,54 @@ async def test_an_event_fetched_before_a_reconnect_does_not_confirm_its_replayed
     finally:
         await restarted.stop()
     assert "b" in {event.key for event in got}
+
+
+def confirmed_flush_lsn(url: str, slot_name: str) -> int:
+    with psycopg.connect(url) as conn:
+        row = conn.execute(
+            "SELECT confirmed_flush_lsn - '0/0'::pg_lsn FROM pg_replication_slots "
+            "WHERE slot_name = %s",
+            (slot_name,),
+        ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+async def test_the_slot_is_not_confirmed_past_a_transaction_still_being_accepted(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While a decoded transaction waits for the database (parking an unreadable
+    table-less message), its events are neither queued nor tracked: the idle status
+    update must not confirm the server's position past it."""
+    settings = wal_settings(settings, message_prefix="outbox", heartbeat_interval=60.0)
+    source = WalSource(settings)
+    parking = asyncio.Event()
+    release = asyncio.Event()
+    park_rejected = source._park_rejected
+
+    async def slow_park(rejected: object) -> None:
+        parking.set()
+        await release.wait()
+        await park_rejected(rejected)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(source, "_park_rejected", slow_park)
+    await source.start()
+    try:
+        with psycopg.connect(settings.database_url) as conn:
+            conn.execute("SELECT pg_logical_emit_message(true, 'outbox', 'not json')")
+            conn.execute(
+                "SELECT pg_logical_emit_message(true, 'outbox', %s)",
+                ('{"topic": "orders", "key": "k", "payload": {"n": 1}}',),
+            )
+            end = conn.execute("SELECT pg_current_wal_insert_lsn() - '0/0'::pg_lsn").fetchone()
+            conn.commit()
+        assert end is not None
+        await asyncio.wait_for(parking.wait(), 20)
+        # Keepalives and status updates go on meanwhile (one a second).
+        await asyncio.sleep(3)
+        confirmed = confirmed_flush_lsn(settings.database_url, settings.slot_name)
+        release.set()
+    finally:
+        release.set()
+        await source.stop()
+    assert confirmed <= int(end[0])
