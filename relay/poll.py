@@ -158,15 +158,16 @@ def event_from_row(row: _Row, topic_template: str) -> OutboxEvent:
     else:
         value = None
     row_headers = decisions.parse_json_object(headers_text) if headers_text != "{}" else None
-    return OutboxEvent(
-        id=id_,
-        event_id=event_id,
-        topic=decisions.route_topic(topic_template, topic, event_type, aggregate_type),
-        key=key,
-        value=value,
-        headers=decisions.kafka_headers(event_id, event_type, aggregate_type, row_headers),
-        created_at=created_at,
-        attempts=attempts,
+    return decisions.new_event(
+        id_,
+        event_id,
+        decisions.route_topic(topic_template, topic, event_type, aggregate_type),
+        key,
+        value,
+        decisions.kafka_headers(event_id, event_type, aggregate_type, row_headers),
+        created_at,
+        attempts,
+        0,
     )
 
 
@@ -287,7 +288,8 @@ class PollSource:
         try:
             if acknowledgement.sent:
                 await self._marker.execute(
-                    self._q_settle, {"ids": [event.id for event in acknowledgement.sent]}
+                    self._q_settle,
+                    {"ids": decisions.id_array(event.id for event in acknowledgement.sent)},
                 )
             for failed in acknowledgement.failed:
                 await self._marker.execute(

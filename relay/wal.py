@@ -72,9 +72,11 @@ from psycopg import sql
 
 from relay.config import OnSent, PoisonPolicy, Settings
 from relay.decisions import (
+    EVENT_SLOTS,
     compact_json,
     compact_json_bytes,
     header_value,
+    id_array,
     kafka_headers,
     parse_json_object,
     route_topic,
@@ -339,17 +341,12 @@ class OutboxShape:
         return cls(relation.relation_id, positions, max(positions) + 1)
 
 
-# An `OutboxEvent` built through its slots: a frozen dataclass's __init__ sets each
-# field with object.__setattr__, which costs twice as much, once per streamed event.
-_EVENT_FIELDS: Final = (
-    "id", "event_id", "topic", "key", "value", "headers", "created_at", "attempts", "lsn",
-)  # fmt: skip
-if tuple(field.name for field in dataclasses.fields(OutboxEvent)) != _EVENT_FIELDS:
-    raise ImportError("OutboxEvent's fields changed: update relay.wal.event_from_row")
+# An `OutboxEvent` built through its slots (see `relay.decisions.EVENT_SLOTS`), inline:
+# once per streamed event.
 (
     _set_id, _set_event_id, _set_topic, _set_key, _set_value, _set_headers,
     _set_created_at, _set_attempts, _set_lsn,
-) = (getattr(OutboxEvent, name).__set__ for name in _EVENT_FIELDS)  # fmt: skip
+) = EVENT_SLOTS  # fmt: skip
 _new_object: Final = object.__new__
 _fromisoformat: Final = dt.datetime.fromisoformat
 
@@ -1384,15 +1381,6 @@ class WalSource:
 
 
 _lsn_of: Final = operator.attrgetter("lsn")
-
-
-def id_array(ids: Iterable[int]) -> str:
-    """Row ids as a PostgreSQL array literal (``{1,2,3}``), for a ``bigint[]`` parameter.
-
-    Thousands of ids per statement: joining their text is several times cheaper than
-    psycopg adapting a list item by item.
-    """
-    return "{" + ",".join(map(str, ids)) + "}"
 
 
 def parked_state(parked: dict[int, str | None]) -> tuple[set[int], set[str]]:

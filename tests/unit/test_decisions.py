@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
 import json
 import os
 
@@ -8,7 +10,7 @@ from aiokafka.partitioner import DefaultPartitioner
 
 from relay import decisions
 from relay.decisions import ErrorKind
-from relay.events import PublishFailure, PublishResult
+from relay.events import OutboxEvent, PublishFailure, PublishResult
 from relay.testing import make_event
 
 # -- backoff -------------------------------------------------------------------------------
@@ -176,6 +178,22 @@ def jsonb_text(value: object) -> str:
 def test_compact_json_equals_a_compact_dump(value: object) -> None:
     expected = json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
     assert decisions.compact_json(jsonb_text(value)) == expected
+    assert decisions.compact_json_bytes(jsonb_text(value).encode()) == expected
+
+
+def test_ids_become_one_bigint_array_literal() -> None:
+    assert decisions.id_array([1, 22, 9_007_199_254_740_993]) == "{1,22,9007199254740993}"
+    assert decisions.id_array([]) == "{}"
+
+
+def test_an_event_built_through_its_slots_equals_one_built_by_init() -> None:
+    created = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
+    fields = (7, "e-7", "orders", "k", b"{}", (("event_id", b"e-7"),), created, 2, 99)
+    built = decisions.new_event(*fields)
+    assert built == OutboxEvent(*fields)
+    assert hash(built) == hash(OutboxEvent(*fields))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        built.id = 8  # type: ignore[misc]
 
 
 def test_headers_carry_the_event_id_the_types_and_the_rows_own() -> None:
