@@ -396,6 +396,13 @@ def _build(values: dict[str, Any]) -> Settings:
         raise ConfigError(
             "invalid on_sent: 'none' works only with --mode wal (poll mode reads sent_at)"
         )
+    if settings.on_sent is OnSent.NONE and settings.poison is PoisonPolicy.PARK:
+        # Without per-row state nothing ever re-reads the table: the events held behind
+        # a parked key would be skipped by the slot and never published after a release.
+        raise ConfigError(
+            "invalid on_sent: 'none' needs --poison skip (with park, the events held behind "
+            "a parked key could never be published after their release)"
+        )
     return settings
 
 

@@ -169,7 +169,10 @@ def test_status_with_rows_never_marked_does_not_pretend_to_know_what_is_pending(
     database_url: str,
 ) -> None:
     add_events(database_url, 3, topic="orders", age_s=600)
-    args = ("status", "--database-url", database_url, "--mode", "wal", "--on-sent", "none")
+    args = (
+        "status", "--database-url", database_url,
+        "--mode", "wal", "--on-sent", "none", "--poison", "skip",
+    )  # fmt: skip
     result = cli(*args, "--json")
     status = json.loads(result.stdout)
     assert (status["pending"], status["oldest_pending_age_s"], status["sent_last_hour"]) == (

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import uuid
 
@@ -15,13 +14,9 @@ from relay.events import Acknowledgement, OutboxEvent
 from relay.wal import WalSource
 from tests.integration.test_wal_relay import (
     insert_events,
-    per_key,
-    running_relay,
-    states,
     wait_until,
     wal_settings,
 )
-from tests.support import consume
 
 
 def terminate_relay_sessions(url: str) -> None:
@@ -74,47 +69,6 @@ async def test_on_sent_none_loses_no_queued_event_when_the_database_connection_b
         await source.stop()
     numbers = {json.loads(event.value or b"null")["n"] for event in [*first, *rest]}
     assert numbers == set(range(20))
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "--on-sent none with --poison park: events of a parked key are held as pending "
-        "rows and the slot moves past them, but only a sweep of the table (track_rows) "
-        "ever publishes them, and --on-sent none never sweeps nor re-reads parked rows "
-        "(_refresh_parked runs only with track_rows): a released event and the events "
-        "held behind it are never published. Needs a design decision (refuse the "
-        "combination, or sweep released ids only)."
-    ),
-)
-async def test_on_sent_none_publishes_a_released_event_and_the_events_held_behind_it(
-    settings: Settings, topic: str
-) -> None:
-    settings = dataclasses.replace(
-        wal_settings(settings, on_sent=OnSent.NONE), kafka_max_request_size=2000
-    )
-    async with running_relay(settings, batch_size=20):
-        with psycopg.connect(settings.database_url) as conn:
-            for n, (key, size) in enumerate(
-                [("a", 10), ("b", 10), ("a", 5000), ("a", 10), ("b", 10), ("c", 10)]
-            ):
-                conn.execute(
-                    "INSERT INTO outbox (topic, key, payload) VALUES (%s, %s, %s)",
-                    (topic, key, json.dumps({"n": n, "pad": "x" * size})),
-                )
-                conn.commit()
-        await wait_until(lambda: states(settings.database_url).get("parked") == 1)
-        records = await consume(settings.bootstrap_servers, [topic], expected=4, idle_s=1)
-        assert sorted(json.loads(r.value or b"")["n"] for r in records) == [0, 1, 4, 5]
-        with psycopg.connect(settings.database_url) as conn:
-            conn.execute(
-                "UPDATE outbox SET state = 'pending', attempts = 0, parked_at = NULL, "
-                "payload = jsonb_set(payload, '{pad}', '\"y\"') WHERE state = 'parked'"
-            )
-        records = await consume(
-            settings.bootstrap_servers, [topic], expected=6, idle_s=1, timeout_s=20
-        )
-    assert per_key(records)["a"] == [0, 2, 3]
 
 
 async def fetch_some(
