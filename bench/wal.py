@@ -56,8 +56,10 @@ END $$;
 class TimingPublisher(KafkaPublisher):
     """Records, per acknowledged event, the seconds from its creation to the ack."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, latencies: bool = False) -> None:
         super().__init__(settings)
+        #: Collected only when asked (the latency runs): a drain counts acknowledgements.
+        self.track_latencies = latencies
         self.latencies: list[float] = []
         self.acknowledged = 0
         #: When the relay loop started (connections made, slot checked).
@@ -66,11 +68,11 @@ class TimingPublisher(KafkaPublisher):
 
     async def publish(self, events: Sequence[OutboxEvent]) -> PublishResult:
         result = await super().publish(events)
-        now = time.time()
-        for event, failure in zip(result.events, result.failures, strict=True):
-            if failure is None:
-                self.acknowledged += 1
-                if event.created_at is not None:
+        self.acknowledged += result.failures.count(None)
+        if self.track_latencies:
+            now = time.time()
+            for event, failure in zip(result.events, result.failures, strict=True):
+                if failure is None and event.created_at is not None:
                     self.latencies.append(now - event.created_at.timestamp())
         return result
 
@@ -83,7 +85,7 @@ class StreamOnlySource(WalSource):
     to measure the streaming path itself.
     """
 
-    async def _sweep(self, snapshot_name: str | None) -> None:  # noqa: ARG002
+    async def _sweep(self, snapshot_name: str | None, *, front: bool = False) -> None:  # noqa: ARG002
         return
 
 
@@ -104,12 +106,17 @@ def sent_count(url: str) -> int:
 
 
 async def relay_until(
-    settings: Settings, done: object, timeout_s: float, *, stream_only: bool = False
+    settings: Settings,
+    done: object,
+    timeout_s: float,
+    *,
+    stream_only: bool = False,
+    latencies: bool = False,
 ) -> TimingPublisher:
     """Run the relay until `done(publisher)` is true; return the publisher."""
     if not callable(done):
         raise TypeError(done)
-    publisher = TimingPublisher(settings)
+    publisher = TimingPublisher(settings, latencies=latencies)
     await publisher.start()
     source = (StreamOnlySource if stream_only else WalSource)(settings)
     await source.start()
@@ -229,6 +236,7 @@ def latency(cluster: EmbeddedPostgres, broker: EmbeddedBroker, rate: int, second
                 else False
             ),
             timeout_s=seconds + 60,
+            latencies=True,
         )
         await starter
         return publisher
