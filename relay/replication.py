@@ -198,13 +198,18 @@ class ReplicationConnection:
         await self._wait_readable(timeout_s)
 
     async def _wait_readable(self, timeout_s: float | None) -> None:
-        if self._watched_fd is None:
-            # The descriptor number is kept: after a lost connection libpq closes the
-            # socket and PQsocket says -1, but the event loop still watches the number,
-            # and a new socket that reuses it would break (ENOENT from epoll).
+        # The socket is watched only while we wait. Watched all the time, a socket with
+        # data the reader does not want yet (its queue is full, a sweep goes first) made
+        # every turn of the event loop return from epoll at once and run the callback:
+        # the loop spun, burning the CPU PostgreSQL and the broker needed.
+        # The descriptor number is kept while watched: after a lost connection libpq
+        # closes the socket and PQsocket says -1, but the event loop watches the number.
+        try:
             self._watched_fd = self.pgconn.socket
-            asyncio.get_running_loop().add_reader(self._watched_fd, self._readable.set)
+        except psycopg.Error as exc:
+            raise ReplicationError(f"replication stream broke: {first_line(exc)}") from None
         self._readable.clear()
+        asyncio.get_running_loop().add_reader(self._watched_fd, self._readable.set)
         # asyncio.timeout, not wait_for: Python 3.11's wait_for can swallow a
         # cancellation that arrives as the event fires, and the reader then never ends.
         try:
@@ -212,6 +217,8 @@ class ReplicationConnection:
                 await self._readable.wait()
         except TimeoutError:
             return
+        finally:
+            self.unwatch()
 
     def send(self, message: bytes) -> None:
         """Queue a CopyData message (a standby status update) and push it out."""
