@@ -78,6 +78,7 @@ from relay.decisions import (
     header_value,
     id_array,
     kafka_headers,
+    new_event,
     parse_json_object,
     route_topic,
 )
@@ -473,9 +474,14 @@ class StreamDecoder:
                 if shape is not None and (
                     _RELATION_ID.unpack_from(frame, _HEADER_SIZE + 1)[0] == shape.relation_id
                 ):
+                    if skip_ids:
+                        # After a sweep: most rows were published from the table; read
+                        # up to the id only to find out.
+                        id_at = shape.positions[0]
+                        head = read_insert_columns(frame, id_at + 1)
+                        if int(head[id_at] or 0) in skip_ids:
+                            continue
                     row = read_insert_columns(frame, shape.width)
-                    if skip_ids and int(row[shape.positions[0]]) in skip_ids:  # type: ignore[arg-type]
-                        continue  # swept from the table: not worth building
                     event = event_from_row(
                         shape,
                         row,
@@ -1085,18 +1091,21 @@ class WalSource:
             id_, event_id, topic, key, payload, payload_bytes, headers,
             event_type, aggregate_type, created_at, attempts,
         ) = row  # fmt: skip
-        value = compact_json(payload) if payload is not None else payload_bytes
-        return OutboxEvent(
-            id=id_,
-            event_id=event_id,
-            topic=route_topic(self._settings.topic_template, topic, event_type, aggregate_type),
-            key=key,
-            value=bytes(value) if value is not None else None,
-            headers=kafka_headers(
-                event_id, event_type, aggregate_type, json.loads(headers) if headers else None
-            ),
-            created_at=created_at,
-            attempts=attempts,
+        if payload is not None:
+            value: bytes | None = compact_json(payload)
+        else:
+            value = bytes(payload_bytes) if payload_bytes is not None else None
+        own = parse_json_object(headers) if headers and headers != "{}" else None
+        return new_event(
+            id_,
+            event_id,
+            route_topic(self._settings.topic_template, topic, event_type, aggregate_type),
+            key,
+            value,
+            kafka_headers(event_id, event_type, aggregate_type, own),
+            created_at,
+            attempts,
+            0,
         )
 
     async def _reconnect(self) -> None:
