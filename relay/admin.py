@@ -33,7 +33,7 @@ import psycopg.errors
 from psycopg import sql
 from psycopg.rows import DictRow, dict_row
 
-from relay import migrate
+from relay import decisions, migrate
 from relay import sql as relay_sql
 from relay.config import Mode, OnSent, Settings, parse_duration
 from relay.errors import ConfigError, DatabaseError, MigrationError, RelayError, first_line
@@ -113,8 +113,7 @@ def parse_event_id(text: str) -> str:
 
 def check_topic_name(topic: str) -> str:
     """`topic` when Kafka accepts it as a topic name (the outbox CHECK says the same)."""
-    allowed = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
-    if not 1 <= len(topic) <= 249 or not set(topic) <= allowed or topic in {".", ".."}:  # noqa: PLR2004
+    if not decisions.valid_topic(topic):
         raise BadInputError(f"invalid topic {topic!r}: use 1-249 letters, digits, '.', '_' or '-'")
     return topic
 
