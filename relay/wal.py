@@ -58,7 +58,6 @@ import dataclasses
 import datetime as dt
 import json
 import operator
-import re
 import struct
 import time
 import uuid
@@ -81,6 +80,7 @@ from relay.decisions import (
     new_event,
     parse_json_object,
     route_topic,
+    valid_topic,
 )
 from relay.errors import DatabaseError, RelayError, first_line
 from relay.events import Acknowledgement, FailedEvent, OutboxEvent
@@ -129,7 +129,6 @@ _TRUNCATE: Final = ord("T")
 _BEGIN_BODY: Final = struct.Struct(">QqI")
 _COMMIT_BODY: Final = struct.Struct(">BQQq")
 _RELATION_ID: Final = struct.Struct(">I")
-_TOPIC: Final = re.compile(r"^[a-zA-Z0-9._-]{1,249}$")
 
 #: The outbox columns the stream reads, by name.
 OUTBOX_COLUMNS: Final = (
@@ -233,7 +232,7 @@ def decode_envelope(
     if not isinstance(envelope, dict):
         raise EnvelopeError("envelope must be a JSON object")
     topic = envelope.get("topic")
-    if not isinstance(topic, str) or not _TOPIC.match(topic) or topic in {".", ".."}:
+    if not isinstance(topic, str) or not valid_topic(topic):
         raise EnvelopeError(f"envelope topic {topic!r} is not a valid Kafka topic")
     key = _optional_str(envelope, "key")
     event_type = _optional_str(envelope, "event_type")
