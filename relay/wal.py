@@ -716,6 +716,11 @@ class WalSource:
         self._tracker = AckTracker()
         self._queue: collections.deque[OutboxEvent] = collections.deque()
         self._fetched = _Fetched()
+        #: Events fetched from a stream before a reconnect, by id() (the values keep them
+        #: alive, so an id cannot be reused). Their transactions are tracked by the old
+        #: stream's tracker: counting them in the new one would confirm a replayed
+        #: transaction before its own copies settle.
+        self._stale: dict[int, OutboxEvent] = {}
         self._reader: asyncio.Task[None] | None = None
         self._side_tasks: list[asyncio.Task[None]] = []
         self._broken: BaseException | None = None
@@ -822,7 +827,7 @@ class WalSource:
                     continue
                 if not event.id:
                     await self._hold_message(event)
-                if event.lsn:
+                if event.lsn and self._counts(event):
                     self._tracker.done(event.lsn)
             batch = [queue.popleft() for _ in range(min(max_events - len(kept), len(queue)))]
         return kept
@@ -854,20 +859,32 @@ class WalSource:
         except psycopg.Error as exc:
             raise DatabaseError(f"cannot settle events: {first_line(exc)}") from None
         settled.update(map(id, sent))
-        done = collections.Counter(map(_lsn_of, sent))
+        done = self._settled_per_transaction(sent)
         for failed in acknowledgement.failed:
             if failed.park:
                 settled.add(id(failed.event))
-                done[failed.event.lsn] += 1
+                if self._counts(failed.event):
+                    done[failed.event.lsn] += 1
             else:
-                fetched.replaced[id(failed.event)] = dataclasses.replace(
-                    failed.event, attempts=failed.attempts
-                )
+                retry = dataclasses.replace(failed.event, attempts=failed.attempts)
+                fetched.replaced[id(failed.event)] = retry
+                if self._stale.pop(id(failed.event), None) is not None:
+                    self._stale[id(retry)] = retry
         for lsn, count in done.items():
             if lsn:
                 self._tracker.done(lsn, count)
         fetched.prune()
         self._send_status()
+
+    def _settled_per_transaction(self, sent: Sequence[OutboxEvent]) -> collections.Counter[int]:
+        """Sent events per commit LSN, leaving out stale copies from before a reconnect."""
+        if self._stale:
+            return collections.Counter(event.lsn for event in sent if self._counts(event))
+        return collections.Counter(map(_lsn_of, sent))
+
+    def _counts(self, event: OutboxEvent) -> bool:
+        """Whether settling `event` counts in the current tracker (not a stale copy)."""
+        return not self._stale or self._stale.pop(id(event), None) is None
 
     async def rewind(self) -> None:
         """Put every fetched, unsettled event back in front of the queue, in order."""
@@ -1118,6 +1135,14 @@ class WalSource:
         # so nothing is skipped (those settled but not yet confirmed come twice).
         if self._track_rows:
             self._replay_until = max(self._replay_until, self._highest_end)
+        fetched = self._fetched
+        self._stale = {}
+        for event in fetched.events:
+            if event.lsn and id(event) not in fetched.settled:
+                self._stale[id(event)] = event
+                retry = fetched.replaced.get(id(event))
+                if retry is not None:
+                    self._stale[id(retry)] = retry
         self._queue.clear()
         self._has_events.clear()
         self._room.set()

@@ -58,17 +58,27 @@ async def test_on_sent_none_loses_no_queued_event_when_the_database_connection_b
     try:
         insert_events(settings.database_url, topic, [f"k{i}" for i in range(20)])
         first = await fetch_until(source, 5)
-        assert len(first) == 5
-        # The other 15 are decoded and queued, not yet handed to the loop.
-        await wait_until(lambda: len(source._queue) == 15)
+        assert 5 <= len(first) < 20
+        # The others are decoded and queued, not yet handed to the loop.
+        await wait_until(lambda: len(source._queue) == 20 - len(first))
         terminate_relay_sessions(settings.database_url)
         # The heartbeat notices the broken connection; the next fetch reconnects.
         await wait_until(lambda: source._conn is None or source._conn.broken)
-        rest = await fetch_until(source, 15)
+        # The replay may start before the first five (their confirmation may not have
+        # reached the server): duplicates are allowed, a missing event is not.
+        numbers = {number(event) for event in first}
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 30
+        while numbers != set(range(20)) and loop.time() < deadline:
+            numbers.update(number(event) for event in await fetch_until(source, 1))
     finally:
         await source.stop()
-    numbers = {json.loads(event.value or b"null")["n"] for event in [*first, *rest]}
     assert numbers == set(range(20))
+
+
+def number(event: OutboxEvent) -> int:
+    n: int = json.loads(event.value or b"null")["n"]
+    return n
 
 
 async def fetch_some(
@@ -84,17 +94,6 @@ async def fetch_some(
     raise AssertionError("no events in time")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "After a reconnect the new AckTracker counts the acknowledgement of an event "
-        "fetched from the OLD stream against the replayed copy of its transaction "
-        "(AckTracker.done is keyed by commit LSN only): with one old copy and one new "
-        "copy acknowledged, the transaction looks done and the slot confirms past it "
-        "while its other replayed event is still queued; a restart then skips it. "
-        "Affects events without a table record (--on-sent none, table-less messages)."
-    ),
-)
 async def test_an_event_fetched_before_a_reconnect_does_not_confirm_its_replayed_transaction(
     settings: Settings,
 ) -> None:
