@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import json
-
 import click
 
 from relay import admin_cli, config, migrate, roles
 from relay.config import Settings
 from relay.demo import demo_command
 from relay.errors import ConfigError
-from relay.options import ErrorReportingGroup, with_settings
+from relay.options import ErrorReportingGroup, echo_values, with_settings
 from relay.run import run_command
 from relay.slot import slot_group
 
@@ -46,11 +44,7 @@ def config_show(settings: Settings, *, as_json: bool) -> None:
       RELAY_MODE=wal outbox-relay config show --config relay.toml
     """
     values = config.shown(settings)
-    if as_json:
-        click.echo(json.dumps(values, indent=2))
-        return
-    for key, value in values.items():
-        click.echo(f"{key} = {json.dumps(value)}")
+    echo_values(values, as_json=as_json)
 
 
 @main.command(name="migrate")

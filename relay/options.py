@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import functools
+import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Concatenate, ParamSpec, TypeVar
 
@@ -64,3 +65,12 @@ def with_settings(
         envvar="RELAY_CONFIG",
         help="TOML file with settings (flags and RELAY_* variables override it).",
     )(decorated)
+
+
+def echo_values(values: Mapping[str, object], *, as_json: bool) -> None:
+    """Print a flat mapping as indented JSON, or as ``key = value`` lines (values in JSON)."""
+    if as_json:
+        click.echo(json.dumps(values, indent=2))
+        return
+    for key, value in values.items():
+        click.echo(f"{key} = {json.dumps(value)}")

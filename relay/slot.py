@@ -15,7 +15,6 @@ property, so it has its own query (`max_slot_wal_keep_size`).
 from __future__ import annotations
 
 import dataclasses
-import json
 from typing import Any, Final
 
 import click
@@ -25,7 +24,7 @@ from psycopg.rows import dict_row
 
 from relay.config import Settings
 from relay.errors import ConfigError, DatabaseError, first_line
-from relay.options import with_settings
+from relay.options import echo_values, with_settings
 from relay.pgoutput import format_lsn, parse_lsn
 from relay.sql import identifiers, query
 
@@ -263,11 +262,7 @@ def slot_status_command(settings: Settings, *, as_json: bool) -> None:
     if status is None:
         raise DatabaseError(f"replication slot {settings.slot_name} does not exist")
     values = status.as_json()
-    if as_json:
-        click.echo(json.dumps(values, indent=2))
-        return
-    for key, value in values.items():
-        click.echo(f"{key} = {json.dumps(value)}")
+    echo_values(values, as_json=as_json)
 
 
 @slot_group.command(name="drop")
