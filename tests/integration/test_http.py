@@ -5,10 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
-import signal
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -21,7 +17,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from relay.config import Settings
 from relay.embedded import EmbeddedBroker, free_port
-from tests.support import REPO, consume
+from tests.integration.poll_stack import RelayProcess, relay_process
+from tests.support import consume
 
 WAIT_S = 60.0
 
@@ -55,11 +52,13 @@ def sample(port: int, name: str, labels: dict[str, str] | None = None) -> float:
     return 0.0
 
 
-class RelayProcess:
-    def __init__(self, process: subprocess.Popen[str], port: int, log: Path) -> None:
-        self.process = process
+class HttpRelay:
+    """A relay subprocess with its HTTP endpoints on `port`."""
+
+    def __init__(self, relay: RelayProcess, port: int) -> None:
+        self.process = relay.process
         self.port = port
-        self.log = log
+        self.log = relay.log
 
     def get(self, path: str) -> tuple[int, str]:
         assert self.process.poll() is None, f"relay exited: {self.log.read_text()[-2000:]}"
@@ -67,39 +66,14 @@ class RelayProcess:
 
 
 @contextlib.contextmanager
-def running_relay(settings: Settings, tmp_path: Path, *extra: str) -> Iterator[RelayProcess]:
+def running_relay(settings: Settings, tmp_path: Path, *extra: str) -> Iterator[HttpRelay]:
     port = free_port()
-    log = tmp_path / "relay.log"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
-    with log.open("w") as output:
-        process = subprocess.Popen(
-            [
-                sys.executable, "-m", "relay", "run",
-                "--database-url", settings.database_url,
-                "--bootstrap-servers", settings.bootstrap_servers,
-                "--kafka-enable-idempotence", "false",
-                "--poll-interval", "0.2",
-                "--http-port", str(port),
-                "--log-format", "json",
-                *extra,
-            ],
-            stdout=output,
-            stderr=subprocess.STDOUT,
-            text=True,
-            env=env,
-            cwd=REPO,
-        )  # fmt: skip
-    relay = RelayProcess(process, port, log)
-    try:
+    with relay_process(
+        settings, tmp_path / "relay.log", "--http-port", str(port), *extra
+    ) as process:
+        relay = HttpRelay(process, port)
         wait_until("/healthz", lambda: relay.get("/healthz")[0] == 200)
         yield relay
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 def publish(
