@@ -47,8 +47,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from relay import migrate  # noqa: E402
+from relay._embedded import EmbeddedBroker, EmbeddedPostgres  # noqa: E402
 from relay.config import Settings  # noqa: E402
-from relay.embedded import EmbeddedBroker, EmbeddedPostgres  # noqa: E402
 
 TEMPLATE = "bench_template"
 KEYS = 1000

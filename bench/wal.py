@@ -28,11 +28,11 @@ from collections.abc import Sequence
 import psycopg
 
 from relay import logs, migrate
+from relay._embedded import EmbeddedBroker, EmbeddedPostgres
 from relay.config import Mode, OnSent, Settings
-from relay.embedded import EmbeddedBroker, EmbeddedPostgres
 from relay.events import OutboxEvent, PublishResult
+from relay.kafka import KafkaPublisher
 from relay.loop import LoopConfig, RelayLoop
-from relay.publisher import KafkaPublisher
 from relay.wal import WalSource
 
 PAYLOAD = (

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import click
 
-from relay import admin_cli, config, migrate, roles
+from relay import admin_cli, config, logs, migrate, roles, run
 from relay.config import Settings
 from relay.demo import demo_command
 from relay.errors import ConfigError
 from relay.options import ErrorReportingGroup, echo_values, with_settings
-from relay.run import run_command
-from relay.slot import slot_group
+from relay.slot_cli import slot_group
 
 
 @click.group(cls=ErrorReportingGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -104,8 +105,25 @@ def grants_command(
         click.echo(roles.script(settings, relay_roles=relay_roles, app_roles=app_roles), nl=False)
 
 
+@main.command(name="run")
+@with_settings
+def run_command(settings: Settings) -> None:
+    """Relay the outbox to Kafka until SIGTERM: at least once, in per-key order.
+
+    Several relays may run against one outbox: one leads (a PostgreSQL advisory lock),
+    the others stand by and take over within seconds. SIGTERM or SIGINT finishes the
+    batch in flight and exits 0 within --shutdown-timeout.
+
+    \b
+    Examples:
+      outbox-relay run --database-url postgresql://relay@db/app --bootstrap-servers kafka:9092
+      outbox-relay run --mode wal --topic-template 'outbox.{aggregate_type}'
+    """
+    logs.configure(settings.log_level, settings.log_format)
+    asyncio.run(run.serve(settings))
+
+
 main.add_command(demo_command)
-main.add_command(run_command)
 main.add_command(slot_group)
 
 

@@ -1,6 +1,6 @@
 """``outbox-relay demo``: the whole pipeline on one machine, in one command.
 
-Starts a throwaway PostgreSQL and a Kafka-protocol broker (`relay.embedded`), adds the
+Starts a throwaway PostgreSQL and a Kafka-protocol broker (`relay._embedded`), adds the
 outbox, then runs three things side by side: an example order service that writes
 orders with their outbox events at a steady rate, the relay itself (``outbox-relay
 run`` in a subprocess, exactly as in production), and a consumer that reads the topic
@@ -34,7 +34,6 @@ import click
 
 from relay import migrate
 from relay.config import Mode, Settings
-from relay.embedded import EmbeddedBroker, EmbeddedPostgres, broker_binary, free_port
 from relay.errors import first_line
 
 TOPIC: Final = "demo.orders"
@@ -433,6 +432,9 @@ async def _run(demo: Demo, relay: subprocess.Popen[bytes]) -> None:
 
 def run_demo(events: int, rate: float, mode: Mode, customers: int, stream: IO[str]) -> bool:
     """Run the demo end to end; True when every written event was consumed."""
+    # The throwaway servers are the demo's alone: the daemon never loads them.
+    from relay._embedded import EmbeddedBroker, EmbeddedPostgres, broker_binary, free_port
+
     broker_binary()  # fail early, in one line, when the demo extra is missing
     progress = Progress(stream)
     progress.say("starting PostgreSQL (wal_level=logical) and a Kafka-protocol broker ...")

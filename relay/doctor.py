@@ -19,7 +19,7 @@ from typing import Any, Final
 import psycopg
 from psycopg.rows import dict_row
 
-from relay import admin, decisions, migrate, publisher
+from relay import admin, decisions, kafka, migrate
 from relay.config import Mode, OnSent, Settings
 from relay.errors import ConfigError, first_line
 from relay.slot import SlotStatus, max_slot_wal_keep_size, slot_status
@@ -179,7 +179,7 @@ _CLIENT_OPTIONS: Final = frozenset(
 
 def kafka_client_options(settings: Settings) -> dict[str, Any]:
     """The aiokafka admin client options: the relay producer's address and security."""
-    producer = publisher.producer_options(settings)
+    producer = kafka.producer_options(settings)
     options = {key: value for key, value in producer.items() if key in _CLIENT_OPTIONS}
     options["client_id"] = f"{settings.kafka_client_id}-doctor"
     options["request_timeout_ms"] = int(BROKER_TIMEOUT_S * 1000)

@@ -23,11 +23,10 @@ import contextlib
 from typing import Any, Final
 
 import psycopg
-import psycopg.conninfo
 import structlog
 
+from relay import connection
 from relay.errors import DatabaseError, first_line
-from relay.poll import APPLICATION_NAME, CONNECT_TIMEOUT_S
 
 log = structlog.get_logger("relay.leadership")
 
@@ -36,18 +35,6 @@ RETRY_INTERVAL_S: Final = 1.0
 #: at once without it; this covers a silent network).
 CHECK_INTERVAL_S: Final = 10.0
 CHECK_TIMEOUT_S: Final = 10.0
-#: libpq and server-side keepalives: a silent peer is declared dead after ~11 s.
-_KEEPALIVES: Final = {
-    "keepalives": 1,
-    "keepalives_idle": 5,
-    "keepalives_interval": 2,
-    "keepalives_count": 3,
-}
-_SERVER_KEEPALIVES: Final = (
-    "SET tcp_keepalives_idle = 5",
-    "SET tcp_keepalives_interval = 2",
-    "SET tcp_keepalives_count = 3",
-)
 
 
 class Leadership:
@@ -69,12 +56,7 @@ class Leadership:
         retry_interval_s: float = RETRY_INTERVAL_S,
         check_interval_s: float = CHECK_INTERVAL_S,
     ) -> None:
-        self._conninfo = psycopg.conninfo.make_conninfo(
-            conninfo,
-            application_name=f"{APPLICATION_NAME} leadership",
-            connect_timeout=CONNECT_TIMEOUT_S,
-            **_KEEPALIVES,
-        )
+        self._conninfo = conninfo
         self.lock_id = lock_id
         self._retry_interval_s = retry_interval_s
         self._check_interval_s = check_interval_s
@@ -108,11 +90,9 @@ class Leadership:
         return False
 
     async def _try_lock(self) -> bool:
+        if self._conn is None or self._conn.closed:
+            self._conn = await connection.connect(self._conninfo, "leadership")
         try:
-            if self._conn is None or self._conn.closed:
-                self._conn = await psycopg.AsyncConnection.connect(self._conninfo, autocommit=True)
-                for statement in _SERVER_KEEPALIVES:
-                    await self._conn.execute(statement)
             cursor = await self._conn.execute("SELECT pg_try_advisory_lock(%s)", (self.lock_id,))
             row = await cursor.fetchone()
         except psycopg.Error as exc:

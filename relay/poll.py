@@ -31,7 +31,7 @@ import contextlib
 import datetime as dt
 from collections.abc import Sequence
 from decimal import Decimal
-from typing import Any, Final
+from typing import Final
 
 import psycopg
 import structlog
@@ -40,38 +40,20 @@ from psycopg import sql
 from relay import decisions
 from relay import sql as relay_sql
 from relay.config import OnSent, PoisonPolicy, Settings
+from relay.connection import Connection, Row, connect
 from relay.errors import DatabaseError, MigrationError, first_line
 from relay.events import Acknowledgement, OutboxEvent
 from relay.source import Backlog
 
 log = structlog.get_logger("relay.poll")
 
-APPLICATION_NAME: Final = "outbox-relay"
 #: Seconds between attempts to re-open the LISTEN connection after it broke.
 LISTEN_RETRY_S: Final = 1.0
-CONNECT_TIMEOUT_S: Final = 10
 #: A new scan leaves out the rows still in flight by id when there are at most this many
 #: (low rates: no waiting for the previous batch's mark); above, it waits for the marks.
 MAX_EXCLUDED_IN_FLIGHT: Final = 1000
 
-_Row = tuple[Any, ...]
-
-
-def _translate(exc: psycopg.Error, what: str) -> DatabaseError:
-    return DatabaseError(f"{what}: {first_line(exc)}")
-
-
-async def connect(conninfo: str) -> psycopg.AsyncConnection[Any]:
-    """An autocommit connection named after the relay; `DatabaseError` when it fails."""
-    try:
-        return await psycopg.AsyncConnection.connect(
-            conninfo,
-            autocommit=True,
-            application_name=APPLICATION_NAME,
-            connect_timeout=CONNECT_TIMEOUT_S,
-        )
-    except psycopg.Error as exc:
-        raise _translate(exc, "cannot connect to PostgreSQL") from None
+_Row = Row
 
 
 #: Session settings of the fetching connection. The fetch must walk the partial index of
@@ -86,52 +68,6 @@ FETCH_SESSION: Final = (
     sql.SQL("SET enable_seqscan = off"),
     sql.SQL("SET enable_sort = off"),
 )
-
-
-class _Connection:
-    """One connection used by one task at a time, re-opened after it broke."""
-
-    def __init__(self, conninfo: str, purpose: str, session: tuple[sql.SQL, ...] = ()) -> None:
-        self._conninfo = conninfo
-        #: How the errors of this connection's queries (not of connecting) begin.
-        self.failure_prefix = f"{purpose} failed"
-        self._session = session
-        self._conn: psycopg.AsyncConnection[Any] | None = None
-        self._lock = asyncio.Lock()
-
-    async def _get(self) -> psycopg.AsyncConnection[Any]:
-        if self._conn is None or self._conn.closed:
-            conn = await connect(self._conninfo)
-            try:
-                for statement in self._session:
-                    await conn.execute(statement)
-            except psycopg.Error as exc:
-                await conn.close()
-                raise _translate(exc, self.failure_prefix) from None
-            self._conn = conn
-        return self._conn
-
-    async def execute(self, query: sql.Composed, params: dict[str, Any]) -> list[_Row]:
-        """Run `query`; its rows (empty for statements without)."""
-        async with self._lock:
-            conn = await self._get()
-            try:
-                cursor = await conn.execute(query, params)
-                return await cursor.fetchall() if cursor.description else []
-            except asyncio.CancelledError:
-                # A query cut short leaves the connection in an unknown state.
-                await self.close()
-                raise
-            except psycopg.Error as exc:
-                if conn.broken or isinstance(exc, psycopg.OperationalError):
-                    await self.close()
-                raise _translate(exc, self.failure_prefix) from None
-
-    async def close(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            with contextlib.suppress(psycopg.Error):
-                await conn.close()
 
 
 def event_from_row(row: _Row, topic_template: str) -> OutboxEvent:
@@ -190,8 +126,8 @@ class PollSource:
         self._q_listen = relay_sql.query("poll", "listen", names)
         self._park = park
         conninfo = settings.conninfo
-        self._fetcher = _Connection(conninfo, "fetching events", FETCH_SESSION)
-        self._marker = _Connection(conninfo, "marking events")
+        self._fetcher = Connection(conninfo, "fetching events", FETCH_SESSION)
+        self._marker = Connection(conninfo, "marking events")
         self._conninfo = conninfo
         #: Last id of the current scan; None: the next fetch starts a new scan.
         self._cursor: int | None = None
@@ -234,7 +170,7 @@ class PollSource:
         """Set `_notified` on every notification; reconnect when the connection breaks."""
         while True:
             try:
-                conn = await connect(self._conninfo)
+                conn = await connect(self._conninfo, "listening")
             except DatabaseError as exc:
                 log.warning("cannot listen for notifications", error=str(exc))
                 await asyncio.sleep(LISTEN_RETRY_S)

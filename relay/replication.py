@@ -20,6 +20,7 @@ import structlog
 from psycopg import pq, sql
 from psycopg.pq.abc import PGconn, PGresult
 
+from relay import connection
 from relay.errors import DatabaseError, first_line
 from relay.pgoutput import format_lsn, parse_lsn
 
@@ -86,14 +87,11 @@ class ReplicationConnection:
         self.streaming = False
 
     @classmethod
-    async def connect(cls, conninfo: str, *, application_name: str = "outbox-relay") -> Self:
+    async def connect(cls, conninfo: str, *, purpose: str = "wal stream") -> Self:
         """Open a ``replication=database`` connection to the database of `conninfo`."""
         try:
             conn = await psycopg.AsyncConnection.connect(
-                conninfo,
-                replication="database",
-                autocommit=True,
-                application_name=application_name,
+                conninfo, replication="database", autocommit=True, **connection.options(purpose)
             )
         except psycopg.Error as exc:
             raise ReplicationError(

@@ -1,4 +1,4 @@
-"""``outbox-relay run``: the relay daemon, wired from the settings.
+"""The relay daemon, wired from the settings (``outbox-relay run`` starts it).
 
 Settings → a source (poll or WAL) and a Kafka publisher → the relay loop, under the
 outbox's advisory-lock leadership, with metrics, health, logs and signal handling
@@ -16,19 +16,18 @@ import signal
 import time
 from typing import Final
 
-import click
 import structlog
 
-from relay import decisions, logs
+from relay import decisions
 from relay.config import Mode, Settings
 from relay.errors import ConfigError, DatabaseError
 from relay.health import Health
+from relay.kafka import KafkaPublisher
 from relay.leadership import Leadership
 from relay.loop import LoopConfig, RelayLoop
 from relay.metrics import Metrics
-from relay.options import with_settings
 from relay.poll import PollSource
-from relay.publisher import KafkaPublisher, Publisher
+from relay.publisher import Publisher
 from relay.source import Backlog, Source
 
 log = structlog.get_logger("relay.run")
@@ -257,21 +256,3 @@ async def serve(settings: Settings) -> None:
     finally:
         if server is not None:
             await http.close(server)
-
-
-@click.command(name="run")
-@with_settings
-def run_command(settings: Settings) -> None:
-    """Relay the outbox to Kafka until SIGTERM: at least once, in per-key order.
-
-    Several relays may run against one outbox: one leads (a PostgreSQL advisory lock),
-    the others stand by and take over within seconds. SIGTERM or SIGINT finishes the
-    batch in flight and exits 0 within --shutdown-timeout.
-
-    \b
-    Examples:
-      outbox-relay run --database-url postgresql://relay@db/app --bootstrap-servers kafka:9092
-      outbox-relay run --mode wal --topic-template 'outbox.{aggregate_type}'
-    """
-    logs.configure(settings.log_level, settings.log_format)
-    asyncio.run(serve(settings))

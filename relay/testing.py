@@ -167,7 +167,7 @@ Rule = Callable[[OutboxEvent], PublishFailure | None]
 class RecordingPublisher:
     """A `Publisher` that records what it published, with failures chosen by `rule`.
 
-    Like `relay.publisher.KafkaPublisher`, an event that fails holds back the later
+    Like `relay.kafka.KafkaPublisher`, an event that fails holds back the later
     events of its key within the call. `published` lists every event that "reached
     Kafka", in order, duplicates included.
     """

@@ -69,6 +69,7 @@ import psycopg.errors
 import structlog
 from psycopg import sql
 
+from relay import connection
 from relay.config import OnSent, PoisonPolicy, Settings
 from relay.decisions import (
     EVENT_SLOTS,
@@ -909,15 +910,11 @@ class WalSource:
     async def _connect(self) -> None:
         settings = self._settings
         try:
-            self._conn = await psycopg.AsyncConnection.connect(
-                settings.conninfo, autocommit=True, application_name="outbox-relay"
-            )
-            self._sweep_conn = await psycopg.AsyncConnection.connect(
-                settings.conninfo, autocommit=True, application_name="outbox-relay"
-            )
-        except psycopg.Error as exc:
+            self._conn = await connection.connect(settings.conninfo, "wal")
+            self._sweep_conn = await connection.connect(settings.conninfo, "wal sweep")
+        except DatabaseError:
             await self._disconnect()
-            raise DatabaseError(f"cannot connect to PostgreSQL: {first_line(exc)}") from None
+            raise
         try:
             await check_and_prepare(self._conn, settings)
             status = await fetch_slot_status(self._conn, settings.slot_name)

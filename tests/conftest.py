@@ -15,8 +15,8 @@ import psycopg
 import pytest
 
 from relay import migrate
+from relay._embedded import EmbeddedBroker, EmbeddedPostgres
 from relay.config import Settings
-from relay.embedded import EmbeddedBroker, EmbeddedPostgres
 
 TEMPLATE = "outbox_template"
 _counter = itertools.count()

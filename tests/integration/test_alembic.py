@@ -9,8 +9,8 @@ import pytest
 from alembic import command
 from alembic.config import Config
 
+from relay._embedded import EmbeddedPostgres
 from relay.alembic import create_outbox, upgrade_outbox
-from relay.embedded import EmbeddedPostgres
 from relay.errors import ConfigError, MigrationError
 from tests.support import run_cli
 

@@ -10,8 +10,8 @@ import psycopg
 import pytest
 
 from relay import migrate
+from relay._embedded import EmbeddedBroker, EmbeddedPostgres, free_port
 from relay.config import Settings
-from relay.embedded import EmbeddedBroker, EmbeddedPostgres, free_port
 from tests.support import run_cli
 
 

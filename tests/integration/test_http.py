@@ -15,8 +15,8 @@ import psycopg
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from relay._embedded import EmbeddedBroker, free_port
 from relay.config import Settings
-from relay.embedded import EmbeddedBroker, free_port
 from tests.integration.poll_stack import RelayProcess, relay_process
 from tests.support import consume
 

@@ -5,7 +5,7 @@ import subprocess
 
 import psycopg
 
-from relay.embedded import EmbeddedPostgres
+from relay._embedded import EmbeddedPostgres
 from tests.support import run_cli
 
 

@@ -13,8 +13,8 @@ import psycopg
 from aiokafka import AIOKafkaProducer
 
 from relay import decisions
+from relay._embedded import EmbeddedBroker
 from relay.config import OnSent, Settings
-from relay.embedded import EmbeddedBroker
 from tests.integration.poll_stack import (
     all_sent,
     assert_per_key_order,

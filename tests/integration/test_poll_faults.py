@@ -15,8 +15,8 @@ import psycopg
 import pytest
 
 from relay import migrate
+from relay._embedded import EmbeddedBroker, EmbeddedPostgres
 from relay.config import PoisonPolicy, Settings
-from relay.embedded import EmbeddedBroker, EmbeddedPostgres
 from tests.integration.poll_stack import (
     all_sent,
     assert_per_key_order,

@@ -11,7 +11,7 @@ import psycopg
 import pytest
 from psycopg import errors
 
-from relay.embedded import EmbeddedBroker, EmbeddedPostgres
+from relay._embedded import EmbeddedBroker, EmbeddedPostgres
 from relay.producer import Event, publish_many
 from tests.support import run_cli
 

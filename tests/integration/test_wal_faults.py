@@ -16,8 +16,8 @@ import psycopg
 import pytest
 
 from relay import migrate
+from relay._embedded import EmbeddedBroker, EmbeddedPostgres
 from relay.config import Settings
-from relay.embedded import EmbeddedBroker, EmbeddedPostgres
 from tests.integration.test_wal_relay import (
     insert_events,
     per_key,

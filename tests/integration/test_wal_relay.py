@@ -14,9 +14,9 @@ import pytest
 
 from relay import wal
 from relay.config import Mode, OnSent, Settings
+from relay.kafka import KafkaPublisher
 from relay.loop import LoopConfig, RelayLoop
 from relay.metrics import Metrics
-from relay.publisher import KafkaPublisher
 from relay.slot import slot_status
 from relay.wal import WalSource
 from tests.support import Consumed, consume

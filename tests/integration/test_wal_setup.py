@@ -10,8 +10,8 @@ import psycopg
 import pytest
 
 from relay import migrate
+from relay._embedded import EmbeddedPostgres
 from relay.config import Settings
-from relay.embedded import EmbeddedPostgres
 from relay.slot import WalSetupError
 from relay.wal import WalSource
 from tests.integration.test_wal_relay import insert_events, wal_settings

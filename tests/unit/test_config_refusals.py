@@ -1,4 +1,4 @@
-"""Review findings in configuration: bad input is refused at start, in one line."""
+"""Settings that can never work are refused at start, in one line."""
 
 from __future__ import annotations
 

@@ -16,7 +16,7 @@ from relay import decisions
 from relay.config import Settings
 from relay.errors import ConfigError
 from relay.events import OutboxEvent
-from relay.publisher import KafkaPublisher, producer_options, record_too_large
+from relay.kafka import KafkaPublisher, producer_options, record_too_large
 from relay.testing import make_event
 
 SYSTEM_CA = Path("/etc/ssl/certs/ca-certificates.crt")

@@ -75,7 +75,7 @@ def postgres_bindir() -> Path:
     if initdb:
         return Path(initdb).parent
     try:
-        import pgserver  # type: ignore[import-not-found]
+        import pgserver
     except ImportError:
         pass
     else:

@@ -1,4 +1,4 @@
-"""Review findings in WAL mode, proven against real PostgreSQL (no broker needed)."""
+"""WAL mode confirms the slot only past settled events: reconnects, replays, acceptance."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ def terminate_relay_sessions(url: str) -> None:
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-            "WHERE datname = current_database() AND application_name = 'outbox-relay' "
+            "WHERE datname = current_database() AND application_name LIKE 'outbox-relay%' "
             "AND pid <> pg_backend_pid()"
         )
 

@@ -1,0 +1,312 @@
+"""`KafkaPublisher`: the `relay.publisher.Publisher` protocol implemented with aiokafka."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import ssl
+from collections.abc import Sequence
+from typing import Any, Final
+
+import structlog
+from aiokafka import AIOKafkaProducer
+from aiokafka.helpers import create_ssl_context
+from aiokafka.record.default_records import DefaultRecordBatchBuilder
+
+from relay import decisions, tracing
+from relay.config import Settings
+from relay.errors import BrokerError, ConfigError, first_line
+from relay.events import OutboxEvent, PublishFailure, PublishResult
+
+log = structlog.get_logger("relay.kafka")
+
+#: How long `start` waits for the cluster before giving up (the loop then retries).
+START_TIMEOUT_S: Final = 30.0
+#: How long `stop` waits for records still in flight before abandoning them (they were
+#: never acknowledged, so their rows stay pending).
+STOP_TIMEOUT_S: Final = 5.0
+#: Metadata is refreshed this often, so new partitions and moved leaders are seen soon.
+METADATA_MAX_AGE_MS: Final = 60_000
+
+
+def producer_options(settings: Settings) -> dict[str, Any]:
+    """The `AIOKafkaProducer` keyword arguments for `settings`.
+
+    Raises `ConfigError` for combinations Kafka refuses (idempotence without
+    ``acks=all``) and for TLS files that cannot be read.
+    """
+    acks: str | int = "all" if settings.kafka_acks == "all" else int(settings.kafka_acks)
+    if settings.kafka_enable_idempotence and acks != "all":
+        raise ConfigError(
+            "invalid kafka_acks: the idempotent producer needs 'all' "
+            "(or set kafka_enable_idempotence=false)"
+        )
+    options: dict[str, Any] = {
+        "bootstrap_servers": settings.bootstrap_servers,
+        "client_id": settings.kafka_client_id,
+        "acks": acks,
+        "enable_idempotence": settings.kafka_enable_idempotence,
+        "compression_type": (
+            None if settings.kafka_compression == "none" else settings.kafka_compression
+        ),
+        "linger_ms": settings.kafka_linger_ms,
+        "max_batch_size": settings.kafka_max_batch_bytes,
+        "max_request_size": settings.kafka_max_request_size,
+        "request_timeout_ms": settings.kafka_request_timeout_ms,
+        "metadata_max_age_ms": METADATA_MAX_AGE_MS,
+        "security_protocol": settings.kafka_security_protocol,
+    }
+    if settings.kafka_security_protocol.startswith("SASL"):
+        options["sasl_mechanism"] = settings.kafka_sasl_mechanism or "PLAIN"
+        options["sasl_plain_username"] = settings.kafka_sasl_username or None
+        options["sasl_plain_password"] = settings.kafka_sasl_password or None
+    if settings.kafka_security_protocol in {"SSL", "SASL_SSL"}:
+        options["ssl_context"] = _ssl_context(settings)
+    return options
+
+
+def _ssl_context(settings: Settings) -> ssl.SSLContext:
+    try:
+        context: ssl.SSLContext = create_ssl_context(
+            cafile=settings.kafka_ssl_cafile or None,
+            certfile=settings.kafka_ssl_certfile or None,
+            keyfile=settings.kafka_ssl_keyfile or None,
+            password=settings.kafka_ssl_password or None,
+        )
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"invalid Kafka TLS settings: {first_line(exc)}") from None
+    return context
+
+
+def record_too_large(event: OutboxEvent, max_request_size: int) -> PublishFailure | None:
+    """A permanent failure when `event` cannot fit in a produce request, else None."""
+    key = event.key.encode() if event.key is not None else None
+    return _too_large(
+        DefaultRecordBatchBuilder.estimate_size_in_bytes(key, event.value, list(event.headers)),
+        max_request_size,
+    )
+
+
+def _too_large(size: int, max_request_size: int) -> PublishFailure | None:
+    if size > max_request_size:
+        return PublishFailure(
+            f"RecordTooLarge: record of {size} bytes is larger than "
+            f"kafka_max_request_size ({max_request_size})",
+            retriable=False,
+        )
+    return None
+
+
+class _Chain:
+    """The record batches of one topic partition, sent one after the other."""
+
+    __slots__ = ("builders", "partition", "topic")
+
+    def __init__(self, topic: str, partition: int) -> None:
+        self.topic = topic
+        self.partition = partition
+        #: (builder, indexes of the events in it)
+        self.builders: list[tuple[Any, list[int]]] = []
+
+
+class KafkaPublisher:
+    """`Publisher` with aiokafka, building record batches directly.
+
+    ``send()`` per record costs a coroutine, a future and a partitioner call per event;
+    building `BatchBuilder`s ourselves and handing each to ``send_batch`` is several
+    times cheaper. The partition is therefore chosen here, with Kafka's default
+    partitioner (murmur2 of the key), so every producer agrees on where a key goes. Null
+    keys stick to one partition per call and rotate between calls.
+
+    The record batches of one partition are sent one after the other: the next is handed
+    to aiokafka only once the previous was acknowledged, so a batch that fails for good
+    can never be overtaken by a later one of the same partition (aiokafka alone would
+    send it once the failed one expired). Different partitions go in parallel.
+
+    After a failure that looks like a lost connection, the aiokafka producer is closed
+    and a fresh one started on the next call: a client that lived through a long outage
+    sometimes keeps stale connections or metadata.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._options = producer_options(settings)
+        self._producer: Any = None
+        self._fresh_producer_needed = False
+        self._null_key_turn = itertools.count()
+        #: One connection attempt at a time (`start` may run while a publish reconnects).
+        self._connecting = asyncio.Lock()
+
+    @property
+    def connected(self) -> bool:
+        """True while a started producer exists and no failure asked for a new one."""
+        return self._producer is not None and not self._fresh_producer_needed
+
+    async def start(self) -> None:
+        """Connect to the cluster (no-op when connected); `BrokerError` when it cannot."""
+        async with self._connecting:
+            if not self.connected:
+                await self._reconnect()
+
+    async def _reconnect(self) -> None:
+        await self._close()
+        producer = AIOKafkaProducer(**self._options)
+        try:
+            await asyncio.wait_for(producer.start(), START_TIMEOUT_S)
+        except Exception as exc:  # noqa: BLE001 - aiokafka raises many kinds; all mean "cannot"
+            await _quietly_stop(producer, STOP_TIMEOUT_S)
+            raise BrokerError(
+                f"cannot connect to Kafka at {self._settings.bootstrap_servers}: {first_line(exc)}"
+            ) from None
+        self._producer = producer
+        self._fresh_producer_needed = False
+
+    async def stop(self) -> None:
+        """Flush what is in flight (for at most `STOP_TIMEOUT_S`) and disconnect."""
+        async with self._connecting:
+            await self._close()
+
+    async def _close(self) -> None:
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            await _quietly_stop(producer, STOP_TIMEOUT_S)
+
+    async def _ensure_producer(self) -> None:
+        if self.connected:
+            return
+        async with self._connecting:
+            if self.connected:
+                return
+            reconnecting = self._producer is not None
+            await self._reconnect()
+        if reconnecting:
+            log.info("kafka producer reconnected", servers=self._settings.bootstrap_servers)
+
+    async def publish(self, events: Sequence[OutboxEvent]) -> PublishResult:
+        """Publish `events`; see `Publisher.publish`."""
+        failures: list[PublishFailure | None] = [None] * len(events)
+        if not events:
+            return PublishResult((), ())
+        try:
+            await self._ensure_producer()
+        except BrokerError as exc:
+            self._fresh_producer_needed = True
+            return PublishResult(
+                tuple(events),
+                (PublishFailure(f"KafkaUnavailable: {exc}", retriable=True),) * len(events),
+            )
+        with tracing.publish_span(events):
+            chains = await self._build(events, failures)
+            await asyncio.gather(*(self._send_chain(chain, events, failures) for chain in chains))
+        return PublishResult(tuple(events), tuple(failures))
+
+    async def _partition_counts(
+        self, events: Sequence[OutboxEvent]
+    ) -> dict[str, int | PublishFailure]:
+        counts: dict[str, int | PublishFailure] = {}
+        for topic in dict.fromkeys(event.topic for event in events):
+            if not decisions.valid_topic(topic):
+                counts[topic] = PublishFailure(
+                    f"InvalidTopic: invalid topic name {topic!r}", retriable=False
+                )
+                continue
+            try:
+                partitions = await self._producer.partitions_for(topic)
+            except Exception as exc:  # noqa: BLE001 - any error is reported per event
+                counts[topic] = self._failure(exc)[0]
+                continue
+            counts[topic] = len(partitions)
+        return counts
+
+    async def _build(
+        self, events: Sequence[OutboxEvent], failures: list[PublishFailure | None]
+    ) -> list[_Chain]:
+        counts = await self._partition_counts(events)
+        max_request_size = self._settings.kafka_max_request_size
+        estimate = DefaultRecordBatchBuilder.estimate_size_in_bytes
+        partition_for = decisions.partition_for
+        hold = decisions.KeyHold()
+        chains: dict[tuple[str, int], _Chain] = {}
+        null_turn = next(self._null_key_turn)
+        # One pass, one key encoding and one headers list per event: this loop runs for
+        # every relayed event.
+        for index, event in enumerate(events):
+            count = counts[event.topic]
+            key = event.key.encode() if event.key is not None else None
+            headers = list(event.headers)
+            failure: PublishFailure | None
+            if hold.holds(event):
+                failure = decisions.held_back(event.key or "")
+            elif isinstance(count, PublishFailure):
+                failure = count
+            else:
+                failure = _too_large(estimate(key, event.value, headers), max_request_size)
+            if failure is not None:
+                failures[index] = failure
+                hold.block(event)
+                continue
+            assert isinstance(count, int)  # noqa: S101 - narrowed by the branch above
+            partition = partition_for(key, count) if key is not None else null_turn % count
+            chain = chains.get((event.topic, partition))
+            if chain is None:
+                chain = chains[event.topic, partition] = _Chain(event.topic, partition)
+            builders = chain.builders
+            if builders:
+                builder, indexes = builders[-1]
+                if builder.append(timestamp=None, key=key, value=event.value, headers=headers):
+                    indexes.append(index)
+                    continue
+            builder = self._producer.create_batch()
+            # A fresh builder takes any first record; sizes were checked against the limit.
+            builder.append(timestamp=None, key=key, value=event.value, headers=headers)
+            builders.append((builder, [index]))
+        return list(chains.values())
+
+    async def _send_chain(
+        self, chain: _Chain, events: Sequence[OutboxEvent], failures: list[PublishFailure | None]
+    ) -> None:
+        for position, (builder, indexes) in enumerate(chain.builders):
+            builder.close()
+            error: PublishFailure | None = None
+            try:
+                future = await self._producer.send_batch(
+                    builder, chain.topic, partition=chain.partition
+                )
+                await future
+            except Exception as exc:  # noqa: BLE001 - any error is reported per event
+                batch = self._failure(exc, len(indexes))
+                for index, failure in zip(indexes, batch, strict=True):
+                    failures[index] = failure
+                error = batch[0]
+            if error is None:
+                continue
+            log.warning(
+                "kafka rejected a record batch",
+                topic=chain.topic,
+                partition=chain.partition,
+                events=len(indexes),
+                first_event_id=events[indexes[0]].event_id,
+                error=error.error,
+                retriable=error.retriable,
+            )
+            # Later batches of this partition wait for the next call, behind the failure.
+            for _, later in chain.builders[position + 1 :]:
+                for index in later:
+                    failures[index] = decisions.held_back(events[index].key or "")
+            return
+
+    def _failure(self, exc: BaseException, count: int = 1) -> list[PublishFailure]:
+        name = type(exc).__name__
+        kind = decisions.error_kind(name)
+        if kind is decisions.ErrorKind.RETRIABLE:
+            # Whatever went wrong (connection, timeout, a dead sender task), a fresh
+            # client on the next call costs little and clears stale state.
+            self._fresh_producer_needed = True
+        return decisions.batch_failures(count, f"{name}: {first_line(exc)}", kind)
+
+
+async def _quietly_stop(producer: AIOKafkaProducer, timeout_s: float) -> None:
+    try:
+        await asyncio.wait_for(producer.stop(), timeout_s)
+    except Exception as exc:  # noqa: BLE001 - a producer being discarded may fail to close
+        log.debug("kafka producer did not close cleanly", error=first_line(exc))
