@@ -70,6 +70,10 @@ async def connect(
     except psycopg.Error as exc:
         await conn.close()
         raise translate(exc, "cannot set up the PostgreSQL session") from None
+    except BaseException:
+        # Cancelled while setting up: the caller never sees the connection.
+        await conn.close()
+        raise
     return conn
 
 
