@@ -17,7 +17,7 @@ import json
 import sys
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, Final, TextIO, TypeVar
+from typing import Any, Final, TypeVar
 
 import click
 
@@ -27,11 +27,11 @@ from relay.config import OnSent, Settings
 from relay.events import EventState
 from relay.options import with_settings
 from relay.pgoutput import format_lsn
+from relay.progress import Progress
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 #: How often a progress display that is not a terminal prints a line.
-PROGRESS_LINE_INTERVAL_S: Final = 2.0
 #: How often `replay --wait` asks how many copies are still pending.
 WAIT_POLL_INTERVAL_S: Final = 0.5
 PREVIEW_CHARS: Final = 40
@@ -83,54 +83,6 @@ def shorten(text: str, limit: int) -> str:
     """`text` on one line, cut to `limit` characters with an ellipsis."""
     flat = " ".join(text.split())
     return flat if len(flat) <= limit else flat[: limit - 1] + "…"
-
-
-def progress_line(done: int, total: int, elapsed_s: float, verb: str = "replayed") -> str:
-    """``12,000/50,000 replayed  24%  4,000/s  ETA 0:00:09``."""
-    rate = done / elapsed_s if elapsed_s > 0 else 0.0
-    percent = 100.0 * done / total if total else 100.0
-    if done >= total:
-        eta = "done"
-    elif rate > 0:
-        eta = "ETA " + str(dt.timedelta(seconds=round((total - done) / rate)))
-    else:
-        eta = "ETA ?"
-    return f"{done:,}/{total:,} {verb}  {percent:3.0f}%  {rate:,.0f}/s  {eta}"
-
-
-class Progress:
-    """A progress display on stderr.
-
-    One rewritten line on a terminal; elsewhere a line every few seconds, so the log of
-    a long run shows that it moves.
-    """
-
-    def __init__(
-        self,
-        total: int,
-        verb: str,
-        *,
-        stream: TextIO | None = None,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.total = total
-        self.verb = verb
-        self.stream = stream or sys.stderr
-        self.clock = clock
-        self.started = clock()
-        self._last_line = float("-inf")
-        self._tty = self.stream.isatty()
-
-    def update(self, done: int, *, final: bool = False) -> None:
-        """Show that `done` of `total` are through."""
-        now = self.clock()
-        text = progress_line(done, self.total, now - self.started, self.verb)
-        if self._tty:
-            self.stream.write("\r\x1b[2K" + text + ("\n" if final else ""))
-        elif final or now - self._last_line >= PROGRESS_LINE_INTERVAL_S:
-            self.stream.write(text + "\n")
-            self._last_line = now
-        self.stream.flush()
 
 
 def _echo_json(value: object) -> None:
@@ -587,7 +539,7 @@ def replay_command(
                 plan.by_topic, f"replay {plan.total:,} events{destination}", as_json=as_json
             )
             return
-        progress = Progress(plan.total, "replayed")
+        progress = Progress()
         result = admin.replay(
             conn,
             plan,
@@ -595,9 +547,9 @@ def replay_command(
             to_topic=to_topic,
             batch_size=chunk_size,
             rate=rate,
-            on_progress=progress.update,
+            on_progress=lambda done: progress.count(done, plan.total, "replayed"),
         )
-        progress.update(result.copied, final=True)
+        progress.count(result.copied, plan.total, "replayed", final=True)
         outcome: dict[str, Any] = {
             "replayed": result.copied,
             "first_copy_id": result.first_copy_id,
@@ -630,15 +582,15 @@ def _report_dry_run(by_topic: dict[str, int], would: str, *, as_json: bool) -> N
 def _wait_for_copies(
     conn: admin.Connection, settings: Settings, result: admin.ReplayResult, timeout_s: float | None
 ) -> tuple[int, int]:
-    progress = Progress(result.copied, "published")
+    progress = Progress()
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     while True:
         pending, parked = admin.unsent_copies(conn, settings, result)
         done = result.copied - pending - parked
         if pending == 0 or (deadline is not None and time.monotonic() >= deadline):
-            progress.update(done, final=True)
+            progress.count(done, result.copied, "published", final=True)
             return pending, parked
-        progress.update(done)
+        progress.count(done, result.copied, "published")
         time.sleep(WAIT_POLL_INTERVAL_S)
 
 
@@ -812,11 +764,10 @@ def purge_command(
     2 bad input (malformed duration).
     """
     seconds = admin.parse_seconds(older_than, "--older-than")
-    tty = sys.stderr.isatty()
+    progress = Progress()
 
     def on_batch(deleted: int) -> None:
-        if tty:
-            click.echo(f"\r\x1b[2Kdeleted {deleted:,}", err=True, nl=False)
+        progress.show(f"deleted {deleted:,}")
 
     with admin.connect(settings) as conn:
         result = admin.purge(
@@ -827,8 +778,8 @@ def purge_command(
             dry_run=dry_run,
             on_batch=on_batch,
         )
-    if tty and not dry_run:
-        click.echo("", err=True)
+    if not dry_run:
+        progress.show(f"deleted {result.events:,}", final=True)
     if as_json:
         _echo_json(
             {

@@ -35,6 +35,7 @@ import click
 from relay import migrate
 from relay.config import Mode, Settings
 from relay.errors import first_line
+from relay.progress import Progress
 
 TOPIC: Final = "demo.orders"
 #: Seconds between progress updates: a refreshing line on a terminal, else log lines.
@@ -177,35 +178,13 @@ def summary_lines(tally: Tally, written: int, elapsed_s: float) -> list[str]:
     return lines
 
 
+def refresh_interval_s(progress: Progress) -> float:
+    """How often the live line is refreshed: often on a terminal, rarely in a log."""
+    return TTY_REFRESH_S if progress.tty else LOG_REFRESH_S
+
+
 def _traceparent() -> str:
     return f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-01"
-
-
-class Progress:
-    """Prints progress: a refreshing line on a terminal, periodic lines otherwise."""
-
-    def __init__(self, stream: IO[str]) -> None:
-        self.stream = stream
-        self.tty = stream.isatty()
-        self.interval_s = TTY_REFRESH_S if self.tty else LOG_REFRESH_S
-        self._open_line = False
-
-    def show(self, line: str) -> None:
-        """Show the latest progress."""
-        if self.tty:
-            self.stream.write(f"\r\x1b[K{line}")
-            self._open_line = True
-        else:
-            self.stream.write(line + "\n")
-        self.stream.flush()
-
-    def say(self, line: str) -> None:
-        """Print a message on its own line."""
-        if self._open_line:
-            self.stream.write("\n")
-            self._open_line = False
-        self.stream.write(line + "\n")
-        self.stream.flush()
 
 
 @dataclasses.dataclass(slots=True)
@@ -315,7 +294,7 @@ class Demo:
         last_change_s = last_s
         drain_deadline: float | None = None
         while not self.abort.is_set():
-            await asyncio.sleep(self.progress.interval_s)
+            await asyncio.sleep(refresh_interval_s(self.progress))
             now = time.monotonic()
             relayed = self.tally.relayed
             rate = (relayed - last_relayed) / max(now - last_s, 1e-9)
@@ -436,7 +415,7 @@ def run_demo(events: int, rate: float, mode: Mode, customers: int, stream: IO[st
     from relay._embedded import EmbeddedBroker, EmbeddedPostgres, broker_binary, free_port
 
     broker_binary()  # fail early, in one line, when the demo extra is missing
-    progress = Progress(stream)
+    progress = Progress(stream, line_interval_s=0.0)  # the demo paces its own lines
     progress.say("starting PostgreSQL (wal_level=logical) and a Kafka-protocol broker ...")
     with (
         tempfile.TemporaryDirectory(prefix="outbox-relay-demo-") as workdir,

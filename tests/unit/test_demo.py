@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 
 from relay import demo
+from relay.progress import Progress
 
 
 def test_due_paces_the_writer_at_the_rate() -> None:
@@ -74,8 +75,8 @@ def test_progress_line_shows_written_relayed_lag_and_rate() -> None:
 
 def test_progress_prints_lines_when_not_on_a_terminal() -> None:
     stream = io.StringIO()
-    progress = demo.Progress(stream)
+    progress = Progress(stream, line_interval_s=0.0)
     progress.show("one")
     progress.say("done")
     assert stream.getvalue() == "one\ndone\n"
-    assert progress.interval_s == demo.LOG_REFRESH_S
+    assert demo.refresh_interval_s(progress) == demo.LOG_REFRESH_S
