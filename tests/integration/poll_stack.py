@@ -151,24 +151,3 @@ def payload_n(record: Consumed) -> int:
     assert record.value is not None
     n: int = json.loads(record.value)["n"]
     return n
-
-
-def assert_per_key_order(records: list[Consumed]) -> None:
-    """Each key in one partition; per key, the last copy of each event in outbox order.
-
-    Duplicates (from a crash window) may repeat events; what a consumer that keeps the
-    last copy of each event_id sees must still be in order.
-    """
-    by_key: dict[str | None, list[Consumed]] = {}
-    for record in sorted(records, key=lambda r: (r.partition, r.offset)):
-        by_key.setdefault(record.key, []).append(record)
-    for key, keyed in by_key.items():
-        assert len({r.partition for r in keyed}) == 1, f"key {key} spread over partitions"
-        last: dict[str, int] = {}
-        for position, record in enumerate(keyed):
-            last[record.event_id] = position
-        ordered = sorted(
-            {r.event_id: payload_n(r) for r in keyed}.items(), key=lambda item: last[item[0]]
-        )
-        ns = [n for _, n in ordered]
-        assert ns == sorted(ns), f"key {key} out of order: {ns}"
