@@ -100,8 +100,17 @@ class EmbeddedPostgres:
     ``postgres`` system user, which owns the data directory.
     """
 
-    def __init__(self, base_dir: Path | None = None, port: int | None = None) -> None:
+    def __init__(
+        self,
+        base_dir: Path | None = None,
+        port: int | None = None,
+        *,
+        settings: dict[str, str] | None = None,
+    ) -> None:
         self.bindir = postgres_bindir()
+        #: Server settings: the fast test-friendly ones, with `settings` on top (a crash
+        #: test needs ``synchronous_commit = on``: off, a crash forgets commits it showed).
+        self.settings = POSTGRES_SETTINGS | (settings or {})
         self.port = port or free_port()
         self._own_dir = base_dir is None
         self.base_dir = Path(base_dir or tempfile.mkdtemp(prefix="outbox-relay-pg-"))
@@ -142,7 +151,7 @@ class EmbeddedPostgres:
             "initdb", "-D", str(self.data_dir), "-U", "postgres", "--auth=trust",
             "-E", "UTF8", "--no-sync", "--locale=C",
         )  # fmt: skip
-        conf = "".join(f"{key} = '{value}'\n" for key, value in POSTGRES_SETTINGS.items())
+        conf = "".join(f"{key} = '{value}'\n" for key, value in self.settings.items())
         conf += f"port = {self.port}\nlisten_addresses = '127.0.0.1'\n"
         conf += f"unix_socket_directories = '{self.base_dir}'\n"
         with (self.data_dir / "postgresql.conf").open("a") as file:

@@ -1,0 +1,38 @@
+"""The randomized fault run (bench/chaos.py), short and with fixed seeds, in both modes.
+
+Each seed is a sequence of relay kills, PostgreSQL restarts (fast and immediate), broker
+paths refused and blackholed, relay sessions terminated and operator retry/skip, under a
+live writer; the independent consumer's verdict must be clean. A seed that ever fails
+joins the list.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from tests.support import REPO
+
+pytestmark = pytest.mark.slow
+
+
+def chaos(mode: str, seed: int, seconds: int = 20) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "bench/chaos.py", "--mode", mode, "--seed", str(seed),
+         "--seconds", str(seconds), "--rate", "200"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=600,
+        check=False,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("seed", [2, 7])
+def test_poll_mode_survives_seeded_chaos(seed: int) -> None:
+    # 2: kills, blackholes, a terminated session; 7: immediate and fast restarts, kills.
+    result = chaos("poll", seed=seed)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert f"OK: seed {seed}" in result.stdout
