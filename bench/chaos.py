@@ -221,6 +221,18 @@ def inject(  # noqa: PLR0917 - the run's parts, passed as they are
         cli(url, fault, "--all", *(("--reason", "chaos") if fault == "skip" else ()))
 
 
+def explain_unexpected(url: str, event_ids: list[str]) -> None:
+    """Say what the table holds of records no sent row explains (none: a lost commit)."""
+    if event_ids:
+        rows = query(
+            url,
+            "SELECT event_id::text, state, id FROM outbox WHERE event_id::text = ANY(ARRAY["
+            + ",".join(f"'{e}'" for e in event_ids[:5])
+            + "])",
+        )
+        print(f"  unexpected records, their rows in the table: {rows}")
+
+
 def run(mode: str, seconds: float, seed: int, rate: float, keys: int) -> bool:
     rng = random.Random(seed)
     print(f"chaos: seed={seed} mode={mode} seconds={seconds:.0f} rate={rate:.0f}/s keys={keys}")
@@ -288,14 +300,7 @@ def run(mode: str, seconds: float, seed: int, rate: float, keys: int) -> bool:
         # A skipped event may have reached Kafka before an attempt failed: not a loss.
         records = [r for r in records if r.event_id not in skipped]
         verdict = check(records, expected)
-        if verdict.unexpected:
-            states = query(
-                url,
-                "SELECT event_id::text, state, id FROM outbox WHERE event_id::text = ANY(ARRAY["
-                + ",".join(f"'{e}'" for e in verdict.unexpected[:5])
-                + "])",
-            )
-            print(f"  unexpected in the table: {states}")
+        explain_unexpected(url, verdict.unexpected)
     print(f"  relays exited {codes}; drained: {ok_drain}; skipped: {len(skipped)}")
     print(f"  innocent events parked and skipped (not poison): {innocent_skipped}")
     print(
