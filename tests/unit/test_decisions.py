@@ -181,6 +181,20 @@ def test_compact_json_equals_a_compact_dump(value: object) -> None:
     assert decisions.compact_json_bytes(jsonb_text(value).encode()) == expected
 
 
+@pytest.mark.parametrize(
+    ("text", "compact"),
+    [
+        ('{"a": "x\\\\", "b": [1, 2]}', '{"a":"x\\\\","b":[1,2]}'),
+        ('["\\\\\\"", " , : "]', '["\\\\\\""," , : "]'),
+        ('{"k \\" ": 1.0e+2}', '{"k \\" ":1.0e+2}'),
+        ('"\\u0000 raw \x00 control"', '"\\u0000 raw \x00 control"'),
+    ],
+)
+def test_escaped_backslashes_and_quotes_keep_their_strings(text: str, compact: str) -> None:
+    assert decisions.compact_json(text) == compact.encode()
+    assert decisions.compact_json_bytes(text.encode()) == compact.encode()
+
+
 def test_ids_become_one_bigint_array_literal() -> None:
     assert decisions.id_array([1, 22, 9_007_199_254_740_993]) == "{1,22,9007199254740993}"
     assert decisions.id_array([]) == "{}"
