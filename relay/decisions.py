@@ -367,6 +367,32 @@ def kafka_headers(
     return tuple(headers)
 
 
+#: The error class of rows parked because they cannot become a Kafka record.
+UNREADABLE: Final = "Unreadable"
+#: What a row's JSON can hold that Python's decoder refuses: nesting deeper than the
+#: interpreter's recursion limit, an integer of more digits than ``int`` converts.
+ROW_ERRORS: Final = (RecursionError, ValueError, TypeError, UnicodeError)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Unreadable:
+    """A row that cannot become a record: parked with `reason`, never relayed."""
+
+    id: int
+    key: str | None
+    attempts: int
+    reason: str
+
+
+def unreadable(id_: int, key: str | None, attempts: int, error: BaseException) -> Unreadable:
+    """The `Unreadable` of a row whose conversion raised `error` (one of `ROW_ERRORS`)."""
+    if isinstance(error, RecursionError):
+        why = "JSON nested too deeply to decode"
+    else:
+        why = f"{type(error).__name__}: {str(error)[:200]}"
+    return Unreadable(id_, key, attempts, f"{UNREADABLE}: cannot build a record ({why})")
+
+
 def id_array(ids: Iterable[int]) -> str:
     """Row ids as a PostgreSQL array literal (``{1,2,3}``), for a ``bigint[]`` parameter.
 

@@ -8,7 +8,7 @@ import os
 import pytest
 from aiokafka.partitioner import DefaultPartitioner
 
-from relay import decisions
+from relay import decisions, poll
 from relay.decisions import ErrorKind
 from relay.events import OutboxEvent, PublishFailure, PublishResult
 from relay.testing import make_event
@@ -262,3 +262,16 @@ def test_parse_json_object_reads_jsonb_output_and_refuses_non_objects() -> None:
     }
     with pytest.raises(TypeError):
         decisions.parse_json_object("[1, 2]")
+
+
+@pytest.mark.parametrize(
+    "headers", ['{"h": ' * 1500 + "1" + "}" * 1500, '{"n": ' + "7" * 5000 + ', "q": "\\""}']
+)
+def test_a_row_whose_headers_python_cannot_decode_becomes_a_reason_not_an_error(
+    headers: str,
+) -> None:
+    row = (0, 0, 41, "e-41", "orders", "k", '{"a": 1}', None, headers, None, None, None, 2)
+    item = poll.event_from_row(row, "")
+    assert isinstance(item, decisions.Unreadable)
+    assert (item.id, item.key, item.attempts) == (41, "k", 2)
+    assert decisions.error_class(item.reason) == decisions.UNREADABLE
