@@ -139,9 +139,12 @@ def settle(result: PublishResult, park_after_attempts: int) -> Acknowledgement:
     """Decide what becomes of each event of a published batch.
 
     Per-key order: once an event of a key failed, no later event of that key in the
-    batch may count as sent, even if Kafka acknowledged it (a publisher that sent them
-    in one go cannot take them back): those stay unsettled and go again, after the
-    failed one, so the last copy a consumer sees is in order. Null keys promise no order.
+    batch may count as sent, whatever its topic, even if Kafka acknowledged it (a
+    publisher that sent them in one go cannot take them back): those stay unsettled and
+    go again, after the failed one, so the last copy a consumer sees is in order. The
+    rule is the key's alone, like the hold behind a parked event: an event refused for
+    its topic, once fixed, must not land behind later events of its key. Null keys
+    promise no order.
 
     Retriable failures are not charged; permanent ones count an attempt and are parked
     when the attempts reach `park_after_attempts`.
@@ -149,9 +152,9 @@ def settle(result: PublishResult, park_after_attempts: int) -> Acknowledgement:
     sent: list[OutboxEvent] = []
     failed: list[FailedEvent] = []
     unsettled: list[OutboxEvent] = []
-    blocked: set[tuple[str, str]] = set()
+    blocked: set[str] = set()
     for event, failure in zip(result.events, result.failures, strict=True):
-        key = (event.topic, event.key) if event.key is not None else None
+        key = event.key
         if key is not None and key in blocked:
             unsettled.append(event)
         elif failure is None:
@@ -173,22 +176,23 @@ class KeyHold:
     """Keys that already failed within one batch: their later events must wait.
 
     The publisher uses it while building record batches, so that an event rejected
-    locally (too large, invalid topic) does not let later events of its key through.
+    locally (too large, invalid topic) does not let later events of its key through,
+    whatever their topics (the same rule as `settle`'s).
     """
 
     __slots__ = ("_blocked",)
 
     def __init__(self) -> None:
-        self._blocked: set[tuple[str, str]] = set()
+        self._blocked: set[str] = set()
 
     def block(self, event: OutboxEvent) -> None:
         """Hold back the later events of `event`'s key (no effect for a null key)."""
         if event.key is not None:
-            self._blocked.add((event.topic, event.key))
+            self._blocked.add(event.key)
 
     def holds(self, event: OutboxEvent) -> bool:
-        """True when an earlier event of `event`'s key failed."""
-        return event.key is not None and (event.topic, event.key) in self._blocked
+        """True when an earlier event of `event`'s key failed, on any topic."""
+        return event.key is not None and event.key in self._blocked
 
 
 # -- partition choice ---------------------------------------------------------------------
