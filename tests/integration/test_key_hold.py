@@ -19,6 +19,14 @@ from relay.loop import LoopConfig, RelayLoop
 from relay.poll import PollSource
 from relay.source import Source
 from relay.testing import InMemorySource, RecordingPublisher, make_event
+from tests.integration.poll_stack import (
+    all_sent,
+    async_wait_until,
+    payload_n,
+    relay_in_process,
+    states,
+)
+from tests.support import consume
 
 CONFIG = LoopConfig(batch_size=4, poll_interval_s=0.05, park_after_attempts=2, backoff_base_s=0.001)
 REFUSED = PublishFailure("TopicAuthorizationFailedError: not authorised", retriable=False)
@@ -120,8 +128,8 @@ async def test_an_event_refused_for_its_topic_holds_its_key_on_every_topic(outbo
             and outbox.states()[1] is EventState.PARKED
         ),
     )
-    states = outbox.states()
-    assert [states[i] for i in (2, 4, 6)] == [EventState.PENDING] * 3
+    now = outbox.states()
+    assert [now[i] for i in (2, 4, 6)] == [EventState.PENDING] * 3
     assert all(event.key != "a" for event in publisher.published)
 
     # The operator fixes the parked event's topic and releases it: it goes first.
@@ -132,3 +140,33 @@ async def test_an_event_refused_for_its_topic_holds_its_key_on_every_topic(outbo
         lambda: set(outbox.states().values()) == {EventState.SENT},
     )
     assert [e.id for e in publisher.published if e.key == "a"] == [1, 2, 4, 6]
+
+
+async def test_through_kafka_an_event_routed_to_an_invalid_topic_holds_its_key(
+    settings: Settings, topic: str
+) -> None:
+    settings = dataclasses.replace(
+        settings, topic_template="{aggregate_type}", park_after_attempts=2
+    )
+    url = settings.database_url
+    with psycopg.connect(url) as conn:
+        for n, (key, aggregate_type) in enumerate(
+            [("a", "not a topic!"), ("a", None), ("b", None), ("a", None)]
+        ):
+            conn.execute(
+                "INSERT INTO outbox (topic, key, payload, aggregate_type) "
+                "VALUES (%s, %s, jsonb_build_object('n', %s::int), %s)",
+                (topic, key, n, aggregate_type),
+            )
+    async with relay_in_process(settings):
+        await async_wait_until(
+            "b sent, the first parked",
+            lambda: states(url) == {"sent": 1, "parked": 1, "pending": 2},
+            30,
+        )
+        with psycopg.connect(url) as conn:
+            conn.execute("UPDATE outbox SET aggregate_type = NULL, state = 'pending' WHERE id = 1")
+        await async_wait_until("all sent", all_sent(url, 4), 30)
+    records = await consume(settings.bootstrap_servers, [topic], expected=4)
+    a = sorted((r for r in records if r.key == "a"), key=lambda r: r.offset)
+    assert [payload_n(r) for r in a] == [0, 1, 3]
