@@ -250,8 +250,8 @@ class PollSource:
         held: set[str] = set()
         for item in converted:
             if isinstance(item, decisions.Unreadable):
-                log.warning(
-                    "parking an event that cannot become a record", id=item.id, error=item.reason
+                log.error(
+                    "parked an event that cannot become a record", id=item.id, error=item.reason
                 )
                 await self._fetcher.execute(
                     self._q_failure,
