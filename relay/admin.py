@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as dt
+import json
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
@@ -30,6 +31,7 @@ from typing import Any, Final
 
 import psycopg
 import psycopg.errors
+import psycopg.types.json
 from psycopg import sql
 from psycopg.rows import DictRow, dict_row
 
@@ -172,6 +174,29 @@ def pause_before_next(done: int, rate: float | None, elapsed_s: float) -> float:
 # --- connection -------------------------------------------------------------------------
 
 
+class UnparsedJson(str):
+    """``jsonb`` text that Python cannot decode or print back, shown as the text itself.
+
+    Nesting deeper than the recursion limit, or an integer of more digits than ``int``
+    converts: the table accepts them, and `inspect` and `show` must still display the row.
+    """
+
+    __slots__ = ()
+
+
+def displayable_json(text: str | bytes) -> object:
+    """A ``json``/``jsonb`` column's value for display: decoded, or `UnparsedJson`.
+
+    The value must also print back (``show`` indents it), or it stays text.
+    """
+    try:
+        value = json.loads(text)
+        json.dumps(value, indent=2)
+    except decisions.ROW_ERRORS:
+        return UnparsedJson(text if isinstance(text, str) else text.decode())
+    return value
+
+
 @contextlib.contextmanager
 def connect(settings: Settings) -> Iterator[Connection]:
     """An autocommit connection for operator commands; psycopg errors become ours."""
@@ -190,6 +215,7 @@ def connect(settings: Settings) -> Iterator[Connection]:
         )
     except psycopg.OperationalError as exc:
         raise DatabaseError(f"cannot connect to the database: {first_line(exc)}") from None
+    psycopg.types.json.set_json_loads(displayable_json, conn)
     try:
         with conn:
             conn.execute(sql.SQL("SET lock_timeout = {}").format(sql.Literal(LOCK_TIMEOUT)))

@@ -382,6 +382,8 @@ def _event_table(rows: Sequence[EventRow]) -> tuple[list[str], list[list[str]]]:
 
 
 def _payload_preview(row: EventRow) -> str:
+    if isinstance(row.payload, admin.UnparsedJson):
+        return str(row.payload)
     if row.payload is not None:
         return json.dumps(row.payload, separators=(",", ":"), ensure_ascii=False)
     if row.payload_bytes is not None:
@@ -431,7 +433,7 @@ def show_command(settings: Settings, *, event_id: str, as_json: bool) -> None:
     for name, value in fields:
         click.echo(f"{name.ljust(width)}  {value}")
     click.echo("headers:")
-    click.echo(_indent(json.dumps(row.headers, indent=2, ensure_ascii=False)))
+    click.echo(_indent(_json_text(row.headers)))
     click.echo("payload:")
     click.echo(_indent(_payload_text(row)))
 
@@ -440,9 +442,16 @@ def _indent(text: str) -> str:
     return "\n".join("  " + line for line in text.splitlines())
 
 
+def _json_text(value: object) -> str:
+    """A column's JSON, indented; as PostgreSQL printed it when Python cannot decode it."""
+    if isinstance(value, admin.UnparsedJson):
+        return str(value)
+    return json.dumps(value, indent=2, ensure_ascii=False)
+
+
 def _payload_text(row: EventRow) -> str:
     if row.payload is not None:
-        return json.dumps(row.payload, indent=2, ensure_ascii=False)
+        return _json_text(row.payload)
     if row.payload_bytes is not None:
         try:
             return row.payload_bytes.decode("utf-8")

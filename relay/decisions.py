@@ -139,9 +139,12 @@ def settle(result: PublishResult, park_after_attempts: int) -> Acknowledgement:
     """Decide what becomes of each event of a published batch.
 
     Per-key order: once an event of a key failed, no later event of that key in the
-    batch may count as sent, even if Kafka acknowledged it (a publisher that sent them
-    in one go cannot take them back): those stay unsettled and go again, after the
-    failed one, so the last copy a consumer sees is in order. Null keys promise no order.
+    batch may count as sent, whatever its topic, even if Kafka acknowledged it (a
+    publisher that sent them in one go cannot take them back): those stay unsettled and
+    go again, after the failed one, so the last copy a consumer sees is in order. The
+    rule is the key's alone, like the hold behind a parked event: an event refused for
+    its topic, once fixed, must not land behind later events of its key. Null keys
+    promise no order.
 
     Retriable failures are not charged; permanent ones count an attempt and are parked
     when the attempts reach `park_after_attempts`.
@@ -149,9 +152,9 @@ def settle(result: PublishResult, park_after_attempts: int) -> Acknowledgement:
     sent: list[OutboxEvent] = []
     failed: list[FailedEvent] = []
     unsettled: list[OutboxEvent] = []
-    blocked: set[tuple[str, str]] = set()
+    blocked: set[str] = set()
     for event, failure in zip(result.events, result.failures, strict=True):
-        key = (event.topic, event.key) if event.key is not None else None
+        key = event.key
         if key is not None and key in blocked:
             unsettled.append(event)
         elif failure is None:
@@ -173,22 +176,23 @@ class KeyHold:
     """Keys that already failed within one batch: their later events must wait.
 
     The publisher uses it while building record batches, so that an event rejected
-    locally (too large, invalid topic) does not let later events of its key through.
+    locally (too large, invalid topic) does not let later events of its key through,
+    whatever their topics (the same rule as `settle`'s).
     """
 
     __slots__ = ("_blocked",)
 
     def __init__(self) -> None:
-        self._blocked: set[tuple[str, str]] = set()
+        self._blocked: set[str] = set()
 
     def block(self, event: OutboxEvent) -> None:
         """Hold back the later events of `event`'s key (no effect for a null key)."""
         if event.key is not None:
-            self._blocked.add((event.topic, event.key))
+            self._blocked.add(event.key)
 
     def holds(self, event: OutboxEvent) -> bool:
-        """True when an earlier event of `event`'s key failed."""
-        return event.key is not None and (event.topic, event.key) in self._blocked
+        """True when an earlier event of `event`'s key failed, on any topic."""
+        return event.key is not None and event.key in self._blocked
 
 
 # -- partition choice ---------------------------------------------------------------------
@@ -278,16 +282,31 @@ def parse_json_object(text: str) -> dict[str, object]:
     return value
 
 
-def compact_json(text: str) -> bytes:
-    """Compact UTF-8 JSON from PostgreSQL's ``jsonb`` text output.
+#: Stand-ins for ``\\`` and ``\"`` while `compact_json` splits at quotes: control
+#: characters, which ``jsonb`` output never holds raw (it prints them escaped).
+_RAW_BACKSLASH: Final = "\x00"
+_RAW_QUOTE: Final = "\x01"
+#: A JSON string (group 1), or spaces outside strings: for texts that are not ``jsonb``
+#: output (`compact_json`'s fallback, which does not rely on the stand-ins).
+_SPACES_OUTSIDE_STRINGS: Final = re.compile(r'("[^"\\]*(?:\\.[^"\\]*)*")|[ \t\n\r]+', re.DOTALL)
 
-    ``jsonb`` prints exactly one space after each ``,`` and ``:`` between tokens and no
-    other whitespace outside strings. Without backslashes in the text, every ``"``
-    delimits a string, so dropping the spaces from the parts between strings is exact
-    and several times faster than parsing; texts with escapes take the parser.
+
+def compact_json(text: str) -> bytes:
+    """Compact UTF-8 JSON from PostgreSQL's ``jsonb`` text output, byte for byte.
+
+    ``jsonb`` prints one space after each ``,`` and ``:`` between tokens and no other
+    whitespace outside strings, so removing the spaces outside strings is exact: number
+    tokens, escapes and key order stay as ``jsonb`` printed them (no parse, which would
+    rewrite ``42.50`` as ``42.5``). Without backslashes every ``"`` delimits a string;
+    with them, escaped backslashes and quotes are first swapped for control characters,
+    which ``jsonb`` never prints raw (it escapes them), and swapped back afterwards.
     """
     if "\\" in text:
-        return _COMPACT.encode(json.loads(text)).encode()
+        if _RAW_BACKSLASH in text or _RAW_QUOTE in text:  # not jsonb output: scan it
+            return _SPACES_OUTSIDE_STRINGS.sub(r"\1", text).encode()
+        text = text.replace("\\\\", _RAW_BACKSLASH).replace('\\"', _RAW_QUOTE)
+        compact = _compact_unescaped(text)
+        return compact.replace(_RAW_QUOTE, '\\"').replace(_RAW_BACKSLASH, "\\\\").encode()
     # The parts outside strings are joined, stripped of spaces and split again in one go
     # each (C loops), instead of one replace per part.
     parts = text.split('"')
@@ -295,14 +314,28 @@ def compact_json(text: str) -> bytes:
     return '"'.join(parts).encode()
 
 
+def _compact_unescaped(text: str) -> str:
+    """`text` without its spaces outside strings, when every ``"`` delimits a string."""
+    # The parts outside strings are joined, stripped of spaces and split again in one go
+    # each (C loops), instead of one replace per part.
+    parts = text.split('"')
+    parts[::2] = '"'.join(parts[::2]).replace(" ", "").split('"')
+    return '"'.join(parts)
+
+
 def compact_json_bytes(raw: bytes) -> bytes:
     """`compact_json` of ``jsonb`` text still in its UTF-8 bytes (as WAL mode reads it).
 
-    Neither ``"`` nor a space occurs inside a multi-byte UTF-8 sequence, so the bytes are
-    compacted as they are, without decoding and encoding again.
+    Neither ``"``, ``\\`` nor a space occurs inside a multi-byte UTF-8 sequence, so the
+    bytes are compacted as they are, without decoding and encoding again.
     """
     if b"\\" in raw:
-        return compact_json(raw.decode())
+        if b"\x00" in raw or b"\x01" in raw:  # not jsonb output: scan it
+            return compact_json(raw.decode())
+        raw = raw.replace(b"\\\\", b"\x00").replace(b'\\"', b"\x01")
+        parts = raw.split(b'"')
+        parts[::2] = b'"'.join(parts[::2]).replace(b" ", b"").split(b'"')
+        return b'"'.join(parts).replace(b"\x01", b'\\"').replace(b"\x00", b"\\\\")
     parts = raw.split(b'"')
     parts[::2] = b'"'.join(parts[::2]).replace(b" ", b"").split(b'"')
     return b'"'.join(parts)
@@ -336,6 +369,32 @@ def kafka_headers(
             if name != "event_id" and value is not None:
                 headers.append((name, header_value(value)))
     return tuple(headers)
+
+
+#: The error class of rows parked because they cannot become a Kafka record.
+UNREADABLE: Final = "Unreadable"
+#: What a row's JSON can hold that Python's decoder refuses: nesting deeper than the
+#: interpreter's recursion limit, an integer of more digits than ``int`` converts.
+ROW_ERRORS: Final = (RecursionError, ValueError, TypeError, UnicodeError)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Unreadable:
+    """A row that cannot become a record: parked with `reason`, never relayed."""
+
+    id: int
+    key: str | None
+    attempts: int
+    reason: str
+
+
+def unreadable(id_: int, key: str | None, attempts: int, error: BaseException) -> Unreadable:
+    """The `Unreadable` of a row whose conversion raised `error` (one of `ROW_ERRORS`)."""
+    if isinstance(error, RecursionError):
+        why = "JSON nested too deeply to decode"
+    else:
+        why = f"{type(error).__name__}: {str(error)[:200]}"
+    return Unreadable(id_, key, attempts, f"{UNREADABLE}: cannot build a record ({why})")
 
 
 def id_array(ids: Iterable[int]) -> str:

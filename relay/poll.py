@@ -31,7 +31,7 @@ import contextlib
 import datetime as dt
 from collections.abc import Sequence
 from decimal import Decimal
-from typing import Final
+from typing import Final, cast
 
 import psycopg
 import structlog
@@ -70,8 +70,18 @@ FETCH_SESSION: Final = (
 )
 
 
-def event_from_row(row: _Row, topic_template: str) -> OutboxEvent:
-    """An `OutboxEvent` from a fetch row (after the two parked-signature columns)."""
+def event_from_row(row: _Row, topic_template: str) -> OutboxEvent | decisions.Unreadable:
+    """An `OutboxEvent` from a fetch row (after the two parked-signature columns).
+
+    Or why the row cannot become one (its headers nest too deeply, hold a huge integer).
+    """
+    try:
+        return _event_from_row(row, topic_template)
+    except decisions.ROW_ERRORS as exc:
+        return decisions.unreadable(row[2], row[5], row[12], exc)
+
+
+def _event_from_row(row: _Row, topic_template: str) -> OutboxEvent:
     (
         _,
         _,
@@ -212,12 +222,51 @@ class PollSource:
                 self._cursor = None
                 continue
             template = self._settings.topic_template
-            events = [event_from_row(row, template) for row in rows if row[2] is not None]
-            self._cursor = events[-1].id if len(events) == max_events else None
+            converted = [event_from_row(row, template) for row in rows if row[2] is not None]
+            if any(isinstance(item, decisions.Unreadable) for item in converted):
+                events = await self._park_unreadable(converted)
+                # Parking changed the parked rows' signature: scan again, so the fetch
+                # leaves out the later events of the parked rows' keys.
+                self._cursor = None
+                if not events:
+                    continue
+            else:
+                events = cast("list[OutboxEvent]", converted)
+                self._cursor = events[-1].id if len(events) == max_events else None
             if events:
                 self._in_flight.update(event.id for event in events)
                 self._all_acknowledged.clear()
             return events
+
+    async def _park_unreadable(
+        self, converted: list[OutboxEvent | decisions.Unreadable]
+    ) -> list[OutboxEvent]:
+        """Park the rows that cannot become records; the events to publish of the rest.
+
+        With ``--poison park``, the later events of a parked row's key stay pending (the
+        next scan leaves them out, behind the parked row), like behind any parked event.
+        """
+        events: list[OutboxEvent] = []
+        held: set[str] = set()
+        for item in converted:
+            if isinstance(item, decisions.Unreadable):
+                log.error(
+                    "parked an event that cannot become a record", id=item.id, error=item.reason
+                )
+                await self._fetcher.execute(
+                    self._q_failure,
+                    {
+                        "id": item.id,
+                        "attempts": item.attempts + 1,
+                        "error": item.reason,
+                        "park": True,
+                    },
+                )
+                if self._park and item.key is not None:
+                    held.add(item.key)
+            elif item.key is None or item.key not in held:
+                events.append(item)
+        return events
 
     async def acknowledge(self, acknowledgement: Acknowledgement) -> None:
         """Mark (or delete) the sent rows; count attempts and park the failed ones."""

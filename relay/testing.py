@@ -94,25 +94,25 @@ class InMemorySource:
     async def stop(self) -> None:
         """Nothing to close."""
 
-    def _due(self, row: _Row, parked_keys: set[tuple[str, str]]) -> bool:
+    def _due(self, row: _Row, parked_keys: set[str]) -> bool:
         event = row.event
         if row.state is not EventState.PENDING:
             return False
         if not self.park or event.key is None:
             return True
-        return (event.topic, event.key) not in parked_keys
+        return event.key not in parked_keys  # whatever the topic, as poll.sql's fetch_park
 
     async def fetch(self, max_events: int) -> Sequence[OutboxEvent]:
         """The next due events after the cursor, in id order."""
         await asyncio.sleep(0)
         self._check_failure()
         batch: list[OutboxEvent] = []
-        parked: set[tuple[str, str]] = set()
+        parked: set[str] = set()
         for id_ in sorted(self.rows):
             row = self.rows[id_]
             event = row.event
             if row.state is EventState.PARKED and event.key is not None:
-                parked.add((event.topic, event.key))
+                parked.add(event.key)
             if id_ <= self._cursor or id_ in self._in_flight or not self._due(row, parked):
                 continue
             batch.append(dataclasses.replace(event, attempts=row.attempts))

@@ -8,7 +8,7 @@ import os
 import pytest
 from aiokafka.partitioner import DefaultPartitioner
 
-from relay import decisions
+from relay import decisions, poll
 from relay.decisions import ErrorKind
 from relay.events import OutboxEvent, PublishFailure, PublishResult
 from relay.testing import make_event
@@ -90,7 +90,7 @@ def test_a_failed_event_holds_back_later_events_of_its_key_even_when_acknowledge
     assert not ack.complete
 
 
-def test_the_same_key_on_another_topic_and_null_keys_are_not_held_back() -> None:
+def test_the_same_key_on_another_topic_is_held_back_and_null_keys_are_not() -> None:
     failed = make_event(1, "a", topic="t1")
     other_topic = make_event(2, "a", topic="t2")
     null_failed, null_later = make_event(3, None), make_event(4, None)
@@ -98,7 +98,8 @@ def test_the_same_key_on_another_topic_and_null_keys_are_not_held_back() -> None
         (failed, other_topic, null_failed, null_later), (RETRY, None, RETRY, None)
     )
     ack = decisions.settle(result, 5)
-    assert ack.sent == (other_topic, null_later)
+    assert ack.sent == (null_later,)
+    assert ack.unsettled == (failed, other_topic, null_failed)
 
 
 def test_permanent_failures_count_attempts_and_park_at_the_threshold() -> None:
@@ -123,7 +124,7 @@ def test_key_hold() -> None:
     hold.block(make_event(1, "a"))
     hold.block(make_event(2, None))
     assert hold.holds(make_event(3, "a"))
-    assert not hold.holds(make_event(4, "a", topic="other"))
+    assert hold.holds(make_event(4, "a", topic="other"))
     assert not hold.holds(make_event(5, None))
 
 
@@ -179,6 +180,20 @@ def test_compact_json_equals_a_compact_dump(value: object) -> None:
     expected = json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
     assert decisions.compact_json(jsonb_text(value)) == expected
     assert decisions.compact_json_bytes(jsonb_text(value).encode()) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "compact"),
+    [
+        ('{"a": "x\\\\", "b": [1, 2]}', '{"a":"x\\\\","b":[1,2]}'),
+        ('["\\\\\\"", " , : "]', '["\\\\\\""," , : "]'),
+        ('{"k \\" ": 1.0e+2}', '{"k \\" ":1.0e+2}'),
+        ('"\\u0000 raw \x00 control"', '"\\u0000 raw \x00 control"'),
+    ],
+)
+def test_escaped_backslashes_and_quotes_keep_their_strings(text: str, compact: str) -> None:
+    assert decisions.compact_json(text) == compact.encode()
+    assert decisions.compact_json_bytes(text.encode()) == compact.encode()
 
 
 def test_ids_become_one_bigint_array_literal() -> None:
@@ -248,3 +263,16 @@ def test_parse_json_object_reads_jsonb_output_and_refuses_non_objects() -> None:
     }
     with pytest.raises(TypeError):
         decisions.parse_json_object("[1, 2]")
+
+
+@pytest.mark.parametrize(
+    "headers", ['{"h": ' * 1500 + "1" + "}" * 1500, '{"n": ' + "7" * 5000 + ', "q": "\\""}']
+)
+def test_a_row_whose_headers_python_cannot_decode_becomes_a_reason_not_an_error(
+    headers: str,
+) -> None:
+    row = (0, 0, 41, "e-41", "orders", "k", '{"a": 1}', None, headers, None, None, None, 2)
+    item = poll.event_from_row(row, "")
+    assert isinstance(item, decisions.Unreadable)
+    assert (item.id, item.key, item.attempts) == (41, "k", 2)
+    assert decisions.error_class(item.reason) == decisions.UNREADABLE
