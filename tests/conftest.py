@@ -7,11 +7,13 @@ its own topic names, so tests never see each other's events.
 from __future__ import annotations
 
 import itertools
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
+import psycopg.errors
 import pytest
 
 from relay import migrate
@@ -40,17 +42,25 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBroker]
 
 def _drop_database(cluster: EmbeddedPostgres, name: str) -> None:
     with psycopg.connect(cluster.url, autocommit=True) as conn:
-        # A logical slot pins its database: drop the test's slots first.
-        conn.execute(
-            "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots "
-            "WHERE database = %s AND active_pid IS NOT NULL",
-            (name,),
-        )
-        conn.execute(
-            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
-            "WHERE database = %s",
-            (name,),
-        )
+        # A logical slot pins its database: drop the test's slots first. A relay a test
+        # left reconnecting may take a slot again between the two statements: retry.
+        for attempt in range(20):
+            conn.execute(
+                "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots "
+                "WHERE database = %s AND active_pid IS NOT NULL",
+                (name,),
+            )
+            try:
+                conn.execute(
+                    "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
+                    "WHERE database = %s",
+                    (name,),
+                )
+                break
+            except psycopg.errors.ObjectInUse:
+                if attempt == 19:
+                    raise
+                time.sleep(0.1)
         conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
