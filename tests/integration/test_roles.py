@@ -262,9 +262,11 @@ def test_a_table_wide_insert_from_older_grants_still_cannot_forge(
     with psycopg.connect(database_url, autocommit=True) as owner:
         owner.execute(f'GRANT INSERT ON outbox TO "{roles.app}"')
         owner.execute("SELECT outbox_publish('orders', 'first', '{}')")
-    with psycopg.connect(database_url, user=roles.app, autocommit=True) as app:
-        with contextlib.suppress(errors.InsufficientPrivilege):
-            app.execute(statement)
+    with (
+        psycopg.connect(database_url, user=roles.app, autocommit=True) as app,
+        contextlib.suppress(errors.InsufficientPrivilege),
+    ):
+        app.execute(statement)
     with psycopg.connect(database_url) as owner:
         rows = owner.execute(
             "SELECT id, state, attempts, sent_at, created_at > now() - interval '1 hour'"
