@@ -35,3 +35,50 @@ GRANT SELECT (event_id) ON {outbox} TO {role};
 GRANT EXECUTE ON FUNCTION {publish_function}(text, text, jsonb, jsonb, text, text) TO {role};
 GRANT EXECUTE ON FUNCTION {publish_bytes_function}(text, text, bytea, jsonb, text, text)
     TO {role};
+
+-- name: restrict_messages
+-- With --message-prefix, whoever may call pg_logical_emit_message may publish a
+-- table-less event: only the roles granted below may. The function belongs to the
+-- bootstrap superuser, so only a superuser can revoke it from PUBLIC (managed services
+-- give none: see the README's Security section). Every overload, whatever the version.
+DO $grants$
+DECLARE f regprocedure;
+BEGIN
+    IF NOT (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) THEN
+        RAISE EXCEPTION 'restricting pg_logical_emit_message to the app roles needs a superuser'
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    FOR f IN SELECT oid::regprocedure FROM pg_proc
+        WHERE proname = 'pg_logical_emit_message' AND pronamespace = 'pg_catalog'::regnamespace
+    LOOP
+        EXECUTE format('REVOKE EXECUTE ON FUNCTION %s FROM PUBLIC', f);
+    END LOOP;
+END
+$grants$;
+
+-- name: emit_messages
+-- The app roles emit table-less events; the relay's role emits its WAL heartbeats.
+DO $grants$
+DECLARE f regprocedure;
+BEGIN
+    FOR f IN SELECT oid::regprocedure FROM pg_proc
+        WHERE proname = 'pg_logical_emit_message' AND pronamespace = 'pg_catalog'::regnamespace
+    LOOP
+        EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO %I', f, {role_name});
+    END LOOP;
+END
+$grants$;
+
+-- name: emit_message_public
+-- doctor: may every role emit table-less events?
+SELECT coalesce(bool_or(has_function_privilege('public', p.oid, 'EXECUTE')), false) AS public
+FROM pg_proc p WHERE p.proname = 'pg_logical_emit_message';
+
+-- name: roles_beyond_events
+-- doctor: roles that may insert more than an event's own columns yet may not update the
+-- outbox (the relay may): the trigger refuses their forgeries, the grant is still too wide.
+SELECT coalesce(array_agg(r.rolname::text ORDER BY r.rolname), '{{}}') AS roles
+FROM pg_roles r
+WHERE NOT r.rolsuper AND r.rolname !~ '^pg_'
+    AND has_column_privilege(r.oid, {outbox_regclass}::regclass, 'state', 'INSERT')
+    AND NOT has_table_privilege(r.oid, {outbox_regclass}::regclass, 'UPDATE');

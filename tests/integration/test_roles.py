@@ -286,3 +286,65 @@ def test_grants_replace_an_older_table_wide_insert(database_url: str, roles: Rol
     _grant(database_url, roles)
     with psycopg.connect(database_url, user=roles.app) as app:
         assert _denied(app, "INSERT INTO outbox (topic, state) VALUES ('orders', 'sent')")
+
+
+def test_with_a_message_prefix_only_the_granted_roles_may_emit_table_less_events(
+    database_url: str, roles: Roles
+) -> None:
+    stranger = f"stranger_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(database_url, autocommit=True) as owner:
+        owner.execute(f'CREATE ROLE "{stranger}" LOGIN')
+    try:
+        emit = "SELECT pg_logical_emit_message(true, 'outbox', '{\"credit\": 1000000}')"
+        with psycopg.connect(database_url, user=stranger) as before:
+            assert not _denied(before, emit)  # PostgreSQL's default: every role may
+        _grant(database_url, roles, "--mode", "wal", "--message-prefix", "outbox")
+        with psycopg.connect(database_url, user=stranger) as conn:
+            assert _denied(conn, emit)
+            assert _denied(conn, "SELECT pg_logical_emit_message(false, 'outbox', 'x'::bytea)")
+        for role in (roles.app, roles.relay):
+            with psycopg.connect(database_url, user=role) as conn:
+                assert not _denied(conn, emit)
+    finally:
+        _drop_roles(database_url, [stranger])
+
+
+def test_restricting_emit_message_without_a_superuser_fails_with_one_line_and_grants_nothing(
+    database_url: str, roles: Roles
+) -> None:
+    with psycopg.connect(database_url, autocommit=True) as owner:
+        owner.execute(f'ALTER ROLE "{roles.relay}" CREATEROLE')
+        owner.execute(
+            f'GRANT ALL ON outbox, outbox_migrations, outbox_leader TO "{roles.relay}" WITH GRANT OPTION'
+        )
+    as_relay = database_url.replace("postgres@", f"{roles.relay}@", 1)
+    result = run_cli(
+        "grants", "--app-role", roles.app, "--mode", "wal", "--message-prefix", "outbox",
+        "--apply", "--database-url", as_relay,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert "needs a superuser" in _one_error_line(result)
+    with psycopg.connect(database_url, user=roles.app) as app:
+        assert _denied(app, "INSERT INTO outbox (topic) VALUES ('orders')")
+
+
+def test_doctor_flags_a_role_that_may_insert_more_than_events(
+    database_url: str, roles: Roles, broker: EmbeddedBroker
+) -> None:
+    def doctor() -> dict[str, dict[str, str]]:
+        result = run_cli(
+            "doctor", "--json", "--mode", "wal", "--message-prefix", "outbox",
+            "--database-url", database_url, "--bootstrap-servers", broker.bootstrap_servers,
+        )  # fmt: skip
+        return {check["name"]: check for check in json.loads(result.stdout)["checks"]}
+
+    with psycopg.connect(database_url, autocommit=True) as owner:
+        owner.execute(f'GRANT INSERT ON outbox TO "{roles.app}"')
+    before = doctor()
+    assert before["event writers"]["level"] == "warn"
+    assert roles.app in before["event writers"]["detail"]
+    assert before["table-less event emitters"]["level"] == "warn"
+    _grant(database_url, roles, "--mode", "wal", "--message-prefix", "outbox")
+    after = doctor()
+    assert after["event writers"]["level"] == "ok", after["event writers"]
+    assert after["table-less event emitters"]["level"] == "ok"
