@@ -314,9 +314,8 @@ def test_restricting_emit_message_without_a_superuser_fails_with_one_line_and_gr
 ) -> None:
     with psycopg.connect(database_url, autocommit=True) as owner:
         owner.execute(f'ALTER ROLE "{roles.relay}" CREATEROLE')
-        owner.execute(
-            f'GRANT ALL ON outbox, outbox_migrations, outbox_leader TO "{roles.relay}" WITH GRANT OPTION'
-        )
+        tables = "outbox, outbox_migrations, outbox_leader"
+        owner.execute(f'GRANT ALL ON {tables} TO "{roles.relay}" WITH GRANT OPTION')
     as_relay = database_url.replace("postgres@", f"{roles.relay}@", 1)
     result = run_cli(
         "grants", "--app-role", roles.app, "--mode", "wal", "--message-prefix", "outbox",
