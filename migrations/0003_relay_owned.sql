@@ -40,7 +40,7 @@ CREATE TABLE {leader} (
     role_name text,
     application_name text,
     acquired_at timestamptz,
-    leader_until timestamptz NOT NULL DEFAULT '-infinity'
+    leader_until timestamptz
 );
 INSERT INTO {leader} DEFAULT VALUES;
 REVOKE ALL ON {leader} FROM PUBLIC;

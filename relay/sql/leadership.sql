@@ -12,7 +12,7 @@ UPDATE {leader} SET
     application_name = current_setting('application_name'),
     acquired_at = now(),
     leader_until = now() + make_interval(secs => %(ttl_s)s)
-WHERE leader_until < now()
+WHERE leader_until IS NULL OR leader_until < now()
     OR pid IS NULL
     OR NOT EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.pid = {leader}.pid)
 RETURNING epoch;
@@ -23,10 +23,10 @@ WHERE pid = pg_backend_pid() AND epoch = %(epoch)s
 RETURNING epoch;
 
 -- name: give_up
-UPDATE {leader} SET leader_until = '-infinity', pid = NULL
+UPDATE {leader} SET leader_until = NULL, pid = NULL
 WHERE pid = pg_backend_pid() AND epoch = %(epoch)s;
 
 -- name: holder
 SELECT l.epoch, l.pid, l.role_name, l.application_name, l.acquired_at, l.leader_until,
-    l.leader_until >= now() AND a.pid IS NOT NULL AS held
+    coalesce(l.leader_until >= now() AND a.pid IS NOT NULL, false) AS held
 FROM {leader} l LEFT JOIN pg_stat_activity a ON a.pid = l.pid;

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from collections.abc import Iterator
 
@@ -14,6 +15,7 @@ from psycopg import errors
 from relay import decisions
 from relay.leadership import Leadership
 from tests.integration.test_roles import Roles, _drop_roles, _grant
+from tests.support import run_cli
 
 
 @pytest.fixture
@@ -61,6 +63,19 @@ async def test_a_foreign_role_holding_the_old_lock_id_does_not_stop_the_relay(
         assert holder is not None
         assert holder.held
         assert holder.role == roles.relay
+        shown = run_cli("status", "--json", "--database-url", database_url)
+        assert json.loads(shown.stdout)["leader"] | {"leader_since": None} == {
+            "leader_pid": holder.pid,
+            "leader_role": roles.relay,
+            "leader_application_name": "outbox-relay leadership",
+            "leader_epoch": holder.epoch,
+            "leader_since": None,
+            "held": True,
+        }
+        assert (
+            f"leader: pid {holder.pid}  role {roles.relay}"
+            in run_cli("status", "--database-url", database_url).stdout
+        )
         await leadership.release()
 
 
