@@ -11,14 +11,17 @@ BEGIN
         OR NEW.sent_at IS NOT NULL OR NEW.last_error IS NOT NULL
         OR NEW.parked_at IS NOT NULL OR NEW.skip_reason IS NOT NULL
     THEN
-        RAISE EXCEPTION 'only the relay sets state, attempts, sent_at, last_error, parked_at and skip_reason of %.%',
-            TG_TABLE_SCHEMA, TG_TABLE_NAME
-            USING ERRCODE = 'insufficient_privilege';
+        -- No percent sign in this file: Alembic's offline SQL doubles it (relay/alembic.py).
+        RAISE EXCEPTION USING ERRCODE = 'insufficient_privilege', MESSAGE =
+            'only the relay sets state, attempts, sent_at, last_error, parked_at and '
+            'skip_reason of ' || TG_TABLE_SCHEMA || '.' || TG_TABLE_NAME;
     END IF;
     -- Both may have been set (created_at by value, id with OVERRIDING SYSTEM VALUE)
     -- and neither can be told apart from its default: draw them again.
     NEW.created_at := clock_timestamp();
-    NEW.id := nextval(pg_get_serial_sequence(format('%I.%I', TG_TABLE_SCHEMA, TG_TABLE_NAME), 'id'));
+    NEW.id := nextval(pg_get_serial_sequence(
+        quote_ident(TG_TABLE_SCHEMA) || '.' || quote_ident(TG_TABLE_NAME), 'id'
+    ));
     RETURN NEW;
 END;
 $$;

@@ -131,7 +131,8 @@ class EmbeddedPostgres:
 
     def url_for(self, database: str) -> str:
         """URL of `database` on this cluster, through the Unix socket (no password)."""
-        host = urllib.parse.quote(str(self.base_dir), safe="")
+        # Unencoded: a % would trip configparser-based tools (alembic.ini interpolation).
+        host = urllib.parse.quote(str(self.base_dir), safe="/")
         return f"postgresql://postgres@/{database}?host={host}&port={self.port}"
 
     def tcp_url_for(self, database: str) -> str:
