@@ -13,7 +13,7 @@ UPDATE {leader} SET
     acquired_at = now(),
     leader_until = now() + make_interval(secs => %(ttl_s)s)
 WHERE leader_until IS NULL OR leader_until < now()
-    OR pid IS NULL
+    OR pid IS NULL OR pid = pg_backend_pid()
     OR NOT EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.pid = {leader}.pid)
 RETURNING epoch;
 
