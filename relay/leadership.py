@@ -173,6 +173,7 @@ class Leadership:
                 log.warning("cannot take leadership", error=str(exc))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self._retry_interval_s)
+        await self._close()  # a standby told to stop keeps no session open
         return False
 
     async def _execute(self, name: str, **params: object) -> tuple[Any, ...] | None:

@@ -13,7 +13,10 @@ import structlog
 from psycopg import errors
 
 from relay import decisions
+from relay.config import Settings
 from relay.leadership import Leadership
+from relay.run import Relay
+from tests.integration.poll_stack import async_wait_until
 from tests.integration.test_roles import Roles, _drop_roles, _grant
 from tests.support import run_cli
 
@@ -128,3 +131,26 @@ async def test_a_released_lease_is_taken_at_once_and_a_stale_leader_learns_it_lo
     third = Leadership(database_url, retry_interval_s=0.1)
     assert await _acquire(third, 2)
     await third.release()
+
+
+async def test_a_standby_reports_the_backlog_while_another_relay_leads(
+    settings: Settings,
+) -> None:
+    holder = Leadership(settings.database_url, retry_interval_s=0.1)
+    assert await _acquire(holder, 10)
+    with psycopg.connect(settings.database_url, autocommit=True) as owner:
+        owner.execute("SELECT outbox_publish('standby', 'k', '{}') FROM generate_series(1, 3)")
+    relay = Relay(settings)
+    stop = asyncio.Event()
+    running = asyncio.create_task(relay.run(stop))
+    try:
+        await async_wait_until(
+            "the standby reports 3 pending events",
+            lambda: relay.metrics.pending_events._value.get() == 3,
+        )
+        assert relay.metrics.oldest_unsent_age._value.get() > 0
+        assert not relay.health.leader
+    finally:
+        stop.set()
+        await asyncio.wait_for(running, 30)
+        await holder.release()
