@@ -245,7 +245,7 @@ OPTIONS: Final[tuple[Option, ...]] = (
     ),
     Option(
         "lock_id",
-        "advisory lock key for leadership among relays of one outbox (0: derived from the table)",
+        "unused since leadership is a lease row (migration 0003); accepted for old configs",
         _int(0),
     ),
     Option("http_port", "port of /healthz, /readyz and /metrics (0: off)", _int(0)),

@@ -92,6 +92,8 @@ class DatabaseFacts:
     emit_message_public: bool = True
     #: Roles that may insert the relay's own columns but not update the outbox.
     roles_beyond_events: tuple[str, ...] = ()
+    #: This role may take the leadership lease; None when the lease table is missing.
+    can_lead: bool | None = True
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -180,7 +182,12 @@ def _security_facts(
     if outbox_exists:
         found = conn.execute(relay_sql.query("roles", "roles_beyond_events", names)).fetchone()
         beyond = tuple(found[0]) if found else ()
-    return {"emit_message_public": bool(row and row[0]), "roles_beyond_events": beyond}
+    lead = conn.execute(relay_sql.query("roles", "can_lead", names)).fetchone()
+    return {
+        "emit_message_public": bool(row and row[0]),
+        "roles_beyond_events": beyond,
+        "can_lead": lead[0] if lead else None,
+    }
 
 
 #: The producer options an admin client shares: where the cluster is and how to log in.
@@ -512,6 +519,27 @@ def check_event_writers(facts: DatabaseFacts, settings: Settings) -> Check:
     )
 
 
+def check_leadership_lease(facts: DatabaseFacts, settings: Settings) -> Check:
+    """The relay's role may take the leadership lease (migration 0003)."""
+    name = "leadership lease"
+    lease = f"{settings.schema}.{settings.table}_leader"
+    if facts.can_lead is None:
+        return Check(
+            name,
+            Level.SKIP if not facts.outbox_exists else Level.FAIL,
+            f"{lease} does not exist",
+            f"outbox-relay migrate --schema {settings.schema} --table {settings.table}",
+        )
+    if not facts.can_lead:
+        return Check(
+            name,
+            Level.FAIL,
+            f"role {facts.role} may not update {lease}: it would stand by forever",
+            f"GRANT SELECT, UPDATE ON {lease} TO {facts.role}",
+        )
+    return Check(name, Level.OK, f"role {facts.role} may take {lease}")
+
+
 def check_message_emitters(facts: DatabaseFacts, settings: Settings) -> Check:
     """With --message-prefix, only the services' roles should emit table-less events."""
     name = "table-less event emitters"
@@ -580,6 +608,7 @@ DATABASE_CHECKS: Final[tuple[Callable[[DatabaseFacts, Settings], Check], ...]] =
     check_heartbeat,
     check_privileges,
     check_event_writers,
+    check_leadership_lease,
     check_message_emitters,
 )
 DATABASE_CHECK_NAMES: Final = (
@@ -592,6 +621,7 @@ DATABASE_CHECK_NAMES: Final = (
     "heartbeat",
     "role privileges",
     "event writers",
+    "leadership lease",
     "table-less event emitters",
 )
 

@@ -47,6 +47,7 @@ def identifiers(
         "outbox": sql.Identifier(schema, table),
         "outbox_name": sql.Literal(f"{schema}.{table}"),
         "outbox_regclass": sql.Literal(f"{_quoted(schema)}.{_quoted(table)}"),
+        "leader_regclass": sql.Literal(f"{_quoted(schema)}.{_quoted(table + '_leader')}"),
         "migrations": qualified("migrations"),
         "topic_valid": own("topic_valid"),
         "one_payload": own("one_payload"),

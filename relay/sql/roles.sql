@@ -82,3 +82,8 @@ FROM pg_roles r
 WHERE NOT r.rolsuper AND r.rolname !~ '^pg_'
     AND has_column_privilege(r.oid, {outbox_regclass}::regclass, 'state', 'INSERT')
     AND NOT has_table_privilege(r.oid, {outbox_regclass}::regclass, 'UPDATE');
+
+-- name: can_lead
+-- doctor: may this role take the leadership lease? NULL when the lease table is missing.
+SELECT CASE WHEN to_regclass({leader_regclass}::text) IS NULL THEN NULL
+    ELSE has_table_privilege({leader_regclass}::text, 'SELECT, UPDATE') END AS can_lead;

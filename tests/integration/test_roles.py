@@ -159,7 +159,13 @@ def test_doctor_finds_nothing_missing_for_the_relay_role_after_grants(
         "--bootstrap-servers", broker.bootstrap_servers,
     )  # fmt: skip
     checks = {check["name"]: check["level"] for check in json.loads(result.stdout)["checks"]}
-    for name in ("migrations current", "replication privilege", "heartbeat", "role privileges"):
+    for name in (
+        "migrations current",
+        "replication privilege",
+        "heartbeat",
+        "role privileges",
+        "leadership lease",
+    ):
         assert checks[name] == "ok", (name, result.stdout)
 
 

@@ -58,6 +58,7 @@ def test_poll_mode_skips_what_only_wal_needs() -> None:
         "heartbeat": Level.SKIP,
         "role privileges": Level.OK,
         "event writers": Level.OK,
+        "leadership lease": Level.OK,
         "table-less event emitters": Level.SKIP,
     }
 
