@@ -70,6 +70,11 @@ async def connect(
     except psycopg.Error as exc:
         await conn.close()
         raise translate(exc, "cannot set up the PostgreSQL session") from None
+    except asyncio.CancelledError:
+        # Cancelled between connecting and handing the connection over: nobody else
+        # could close it.
+        await conn.close()
+        raise
     return conn
 
 

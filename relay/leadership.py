@@ -33,12 +33,13 @@ import time
 from typing import Any, Final
 
 import psycopg
+import psycopg.errors
 import structlog
 from psycopg import sql
 
 from relay import connection
 from relay import sql as relay_sql
-from relay.errors import DatabaseError, first_line
+from relay.errors import DatabaseError, MigrationError, first_line
 
 log = structlog.get_logger("relay.leadership")
 
@@ -184,6 +185,12 @@ class Leadership:
                 self._conn.execute(self._queries[name], params), CHECK_TIMEOUT_S
             )
             return await cursor.fetchone() if cursor.description else None
+        except psycopg.errors.UndefinedTable:
+            await self._close()
+            # No lease table: the outbox is not migrated (or only to before 0003).
+            raise MigrationError(
+                f"outbox table {self.outbox} not found: run `outbox-relay migrate` first"
+            ) from None
         except (psycopg.Error, TimeoutError) as exc:
             await self._close()
             reason = first_line(exc) if str(exc) else type(exc).__name__
