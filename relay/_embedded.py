@@ -11,12 +11,14 @@ from __future__ import annotations
 import contextlib
 import os
 import pwd
+import secrets
 import shutil
 import signal
 import socket
 import subprocess
 import tempfile
 import time
+import urllib.parse
 from pathlib import Path
 from typing import Final, Self
 
@@ -98,6 +100,11 @@ class EmbeddedPostgres:
 
     PostgreSQL refuses to run as root; when we are root the server runs as the
     ``postgres`` system user, which owns the data directory.
+
+    Nobody else on the machine can get in: TCP connections need a password
+    (scram-sha-256; only the ``postgres`` superuser has one, random, in `password`), and
+    password-less connections come through the Unix socket in the cluster's directory,
+    which only its owner can enter (mode 0700). `url` and `url_for` use the socket.
     """
 
     def __init__(
@@ -117,6 +124,8 @@ class EmbeddedPostgres:
         self.data_dir = self.base_dir / "data"
         self.log_file = self.base_dir / "postgres.log"
         self._user: str | None = None
+        #: The ``postgres`` superuser's password, for TCP connections (`tcp_url_for`).
+        self.password = secrets.token_urlsafe(24)
         if os.geteuid() == 0:
             self._user = "postgres"
             try:
@@ -130,8 +139,14 @@ class EmbeddedPostgres:
         return self.url_for("postgres")
 
     def url_for(self, database: str) -> str:
-        """URL of `database` on this cluster."""
-        return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
+        """URL of `database` on this cluster, through the Unix socket (no password)."""
+        # Unencoded: a % would trip configparser-based tools (alembic.ini interpolation).
+        host = urllib.parse.quote(str(self.base_dir), safe="/")
+        return f"postgresql://postgres@/{database}?host={host}&port={self.port}"
+
+    def tcp_url_for(self, database: str) -> str:
+        """URL of `database` over TCP on 127.0.0.1, with the superuser's password."""
+        return f"postgresql://postgres:{self.password}@127.0.0.1:{self.port}/{database}"
 
     def _run(self, *args: str) -> None:
         command = [str(self.bindir / args[0]), *args[1:]]
@@ -145,12 +160,23 @@ class EmbeddedPostgres:
     def initdb(self) -> None:
         """Create the cluster with ``wal_level=logical`` and the test-friendly settings."""
         self.base_dir.mkdir(parents=True, exist_ok=True)
+        # The socket's directory: only its owner may enter it (mkdtemp makes it so too).
+        self.base_dir.chmod(0o700)
         if self._user:
             shutil.chown(self.base_dir, self._user, self._user)
-        self._run(
-            "initdb", "-D", str(self.data_dir), "-U", "postgres", "--auth=trust",
-            "-E", "UTF8", "--no-sync", "--locale=C",
-        )  # fmt: skip
+        password_file = self.base_dir / "password"
+        password_file.write_text(self.password)
+        password_file.chmod(0o600)
+        if self._user:
+            shutil.chown(password_file, self._user, self._user)
+        try:
+            self._run(
+                "initdb", "-D", str(self.data_dir), "-U", "postgres",
+                "--auth-local=trust", "--auth-host=scram-sha-256",
+                f"--pwfile={password_file}", "-E", "UTF8", "--no-sync", "--locale=C",
+            )  # fmt: skip
+        finally:
+            password_file.unlink()
         conf = "".join(f"{key} = '{value}'\n" for key, value in self.settings.items())
         conf += f"port = {self.port}\nlisten_addresses = '127.0.0.1'\n"
         conf += f"unix_socket_directories = '{self.base_dir}'\n"

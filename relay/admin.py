@@ -40,6 +40,8 @@ from relay import sql as relay_sql
 from relay.config import Mode, OnSent, Settings, parse_duration
 from relay.errors import ConfigError, DatabaseError, MigrationError, RelayError, first_line
 from relay.events import EventState
+from relay.leadership import Holder, holder_from
+from relay.leadership import queries as leadership_queries
 from relay.slot import SlotStatus, max_slot_wal_keep_size, slot_json, slot_status
 
 Connection = psycopg.Connection[DictRow]
@@ -487,6 +489,9 @@ class Status:
     #: False with ``on_sent = none``: rows stay pending after they are published, so the
     #: table cannot tell what waits (the slot can).
     pending_known: bool = True
+    #: Who holds (or last held) the leadership; None when the outbox has no lease row
+    #: (migration 0003 not applied) or the role may not read it.
+    leader: Holder | None = None
 
     @property
     def pending(self) -> int:
@@ -547,6 +552,11 @@ class Status:
                 slot_json(self.slot_name, self.slot)
                 | {"max_slot_wal_keep_size": self.max_slot_wal_keep_size}
                 if self.slot_name is not None
+                else None
+            ),
+            "leader": (
+                self.leader.describe() | {"held": self.leader.held}
+                if self.leader is not None
                 else None
             ),
         }
@@ -670,7 +680,18 @@ def status(conn: Connection, settings: Settings) -> Status:
         slot=slot_status(conn, settings.slot_name) if wal else None,
         max_slot_wal_keep_size=max_slot_wal_keep_size(conn) if wal else -1,
         pending_known=settings.on_sent is not OnSent.NONE,
+        leader=_leader(conn, settings),
     )
+
+
+def _leader(conn: Connection, settings: Settings) -> Holder | None:
+    query = leadership_queries(settings.schema, settings.table)["holder"]
+    try:
+        with conn.transaction():
+            row = conn.execute(query).fetchone()
+    except (psycopg.errors.UndefinedTable, psycopg.errors.InsufficientPrivilege):
+        return None
+    return holder_from(tuple(row.values()) if row else None)
 
 
 # --- retry and skip ---------------------------------------------------------------------

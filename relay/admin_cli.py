@@ -275,6 +275,14 @@ def _print_status(snapshot: admin.Status, found: list[str]) -> None:
                 f"  safe_wal_size {admin.format_bytes(slot.safe_wal_size)}"
                 f"  (max_slot_wal_keep_size {keep})"
             )
+    leader = snapshot.leader
+    if leader is not None and leader.held:
+        click.echo(
+            f"leader: pid {leader.pid}  role {leader.role}"
+            f"  application {leader.application_name}  epoch {leader.epoch}"
+        )
+    elif leader is not None:
+        click.echo("leader: none (no relay holds the lease)")
     for problem in found:
         click.echo(f"UNHEALTHY: {problem}")
     if not found:

@@ -18,6 +18,7 @@ from typing import Any, Final
 
 import psycopg.conninfo
 
+from relay import redact
 from relay.errors import ConfigError
 
 ENV_PREFIX: Final = "RELAY_"
@@ -244,7 +245,7 @@ OPTIONS: Final[tuple[Option, ...]] = (
     ),
     Option(
         "lock_id",
-        "advisory lock key for leadership among relays of one outbox (0: derived from the table)",
+        "unused since leadership is a lease row (migration 0003); accepted for old configs",
         _int(0),
     ),
     Option("http_port", "port of /healthz, /readyz and /metrics (0: off)", _int(0)),
@@ -309,14 +310,37 @@ def libpq_url(url: str) -> str:
     scheme = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*)://", url)
     if scheme and scheme[1] not in {"postgresql", "postgres"}:
         raise ConfigError(f"malformed database URL: expected postgresql://..., got {scheme[0]}...")
+    secrets = redact.passwords(url)
+    if scheme and secrets:
+        # libpq would split the password at the character and echo the rest as a host,
+        # port or percent-encoded token: refuse first, naming only the character.
+        char = redact.unencoded(secrets[0])
+        if char is not None:
+            encoded = f"%{ord(char):02X}" if char != "%" else "%25"
+            raise ConfigError(
+                f"malformed database URL: the password has an unencoded {char!r}; "
+                f"percent-encode it ({char} as {encoded})"
+            )
     try:
         psycopg.conninfo.conninfo_to_dict(url)
     except psycopg.ProgrammingError as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else "unparsable"
-        # libpq quotes the whole URL, password included: errors end up in logs.
-        reason = reason.replace(url, mask_url(url))
+        # libpq quotes the offending token, or the whole URL: never echo a secret part.
+        reason = re.sub(r'"([^"]*)"', lambda m: f'"{_without(m[1], secrets)}"', reason)
+        for secret in secrets:
+            reason = reason.replace(secret, redact.MASK)
         raise ConfigError(f"malformed database URL: {reason}") from None
     return url
+
+
+def _without(token: str, secrets: list[str]) -> str:
+    """A token libpq quoted, masked when it holds a piece of a secret."""
+    if not any(redact.overlaps(token, secret) for secret in secrets):
+        return token
+    masked = redact.mask_url(token)
+    if any(secret in masked for secret in secrets) or masked == token:
+        return redact.MASK
+    return masked
 
 
 def _unknown(name: str, known: list[str], where: str) -> ConfigError:
@@ -327,6 +351,11 @@ def _unknown(name: str, known: list[str], where: str) -> ConfigError:
 
 def _parse(option: Option, raw: object, where: str) -> object:
     text = str(raw).lower() if isinstance(raw, bool) else str(raw)
+    if option.secret:
+        if option.name == "database_url":
+            redact.remember_url(text)
+        else:
+            redact.remember(text)
     try:
         value = option.parse(text)
     except (ValueError, ConfigError) as exc:
@@ -407,9 +436,8 @@ def _build(values: dict[str, Any]) -> Settings:
 
 
 def mask_url(url: str) -> str:
-    """The URL with its password replaced by ``***``."""
-    masked = re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
-    return re.sub(r"(password=)\S+", r"\1***", masked)
+    """The URL (or conninfo string) with its password replaced by ``***``."""
+    return redact.mask_url(url)
 
 
 def shown(settings: Settings) -> dict[str, object]:

@@ -20,6 +20,7 @@ import psycopg
 from psycopg.rows import dict_row
 
 from relay import admin, decisions, kafka, migrate
+from relay import sql as relay_sql
 from relay.config import Mode, OnSent, Settings
 from relay.errors import ConfigError, first_line
 from relay.slot import SlotStatus, max_slot_wal_keep_size, slot_status
@@ -87,6 +88,12 @@ class DatabaseFacts:
     max_slot_wal_keep_size: int
     #: Topics of pending events, after the topic template.
     pending_topics: frozenset[str]
+    #: PUBLIC may call pg_logical_emit_message (every role may emit table-less events).
+    emit_message_public: bool = True
+    #: Roles that may insert the relay's own columns but not update the outbox.
+    roles_beyond_events: tuple[str, ...] = ()
+    #: This role may take the leadership lease; None when the lease table is missing.
+    can_lead: bool | None = True
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -161,7 +168,26 @@ def database_facts(conn: psycopg.Connection[Any], settings: Settings) -> Databas
         slot=slot_status(conn, settings.slot_name),
         max_slot_wal_keep_size=max_slot_wal_keep_size(conn),
         pending_topics=pending_topics,
+        **_security_facts(conn, settings, outbox_exists=outbox_exists),
     )
+
+
+def _security_facts(
+    conn: psycopg.Connection[Any], settings: Settings, *, outbox_exists: bool
+) -> dict[str, Any]:
+    """Who may emit table-less events, and who may insert more than events (issue 12)."""
+    names = migrate.names_for(settings)
+    row = conn.execute(relay_sql.query("roles", "emit_message_public", names)).fetchone()
+    beyond: tuple[str, ...] = ()
+    if outbox_exists:
+        found = conn.execute(relay_sql.query("roles", "roles_beyond_events", names)).fetchone()
+        beyond = tuple(found[0]) if found else ()
+    lead = conn.execute(relay_sql.query("roles", "can_lead", names)).fetchone()
+    return {
+        "emit_message_public": bool(row and row[0]),
+        "roles_beyond_events": beyond,
+        "can_lead": lead[0] if lead else None,
+    }
 
 
 #: The producer options an admin client shares: where the cluster is and how to log in.
@@ -476,6 +502,63 @@ def check_privileges(facts: DatabaseFacts, settings: Settings) -> Check:
     return Check(name, Level.OK, f"role {facts.role} may read, mark and delete {outbox}")
 
 
+def check_event_writers(facts: DatabaseFacts, settings: Settings) -> Check:
+    """Services may insert an event's own columns, nothing of the relay's."""
+    name = "event writers"
+    outbox = f"{settings.schema}.{settings.table}"
+    if not facts.roles_beyond_events:
+        return Check(name, Level.OK, "no role but the relay's may set the relay's columns")
+    listed = ", ".join(facts.roles_beyond_events)
+    return Check(
+        name,
+        Level.WARN,
+        f"{listed} may insert the relay's columns of {outbox} (state, attempts, ...); "
+        "the outbox's trigger refuses such rows, but the grant is wider than events need",
+        f"outbox-relay grants --app-role {facts.roles_beyond_events[0]} --apply "
+        f"(revokes the table-wide INSERT, grants the event's columns)",
+    )
+
+
+def check_leadership_lease(facts: DatabaseFacts, settings: Settings) -> Check:
+    """The relay's role may take the leadership lease (migration 0003)."""
+    name = "leadership lease"
+    lease = f"{settings.schema}.{settings.table}_leader"
+    if facts.can_lead is None:
+        return Check(
+            name,
+            Level.SKIP if not facts.outbox_exists else Level.FAIL,
+            f"{lease} does not exist",
+            f"outbox-relay migrate --schema {settings.schema} --table {settings.table}",
+        )
+    if not facts.can_lead:
+        return Check(
+            name,
+            Level.FAIL,
+            f"role {facts.role} may not update {lease}: it would stand by forever",
+            f"GRANT SELECT, UPDATE ON {lease} TO {facts.role}",
+        )
+    return Check(name, Level.OK, f"role {facts.role} may take {lease}")
+
+
+def check_message_emitters(facts: DatabaseFacts, settings: Settings) -> Check:
+    """With --message-prefix, only the services' roles should emit table-less events."""
+    name = "table-less event emitters"
+    if skipped := _wal_only(name, settings):
+        return skipped
+    if not settings.message_prefix:
+        return Check(name, Level.OK, "not relayed (no --message-prefix)")
+    if facts.emit_message_public:
+        return Check(
+            name,
+            Level.WARN,
+            f"every role may emit table-less events under prefix {settings.message_prefix!r}",
+            "outbox-relay grants --message-prefix ... --app-role ... as a superuser "
+            "(REVOKE EXECUTE ON FUNCTION pg_logical_emit_message FROM PUBLIC); where no "
+            "superuser is given (managed services), rely on the topic allow-list",
+        )
+    return Check(name, Level.OK, "only granted roles may call pg_logical_emit_message")
+
+
 def check_broker(broker: BrokerFacts, settings: Settings) -> Check:
     """A metadata request to the bootstrap servers is answered."""
     name = "broker reachable"
@@ -524,6 +607,9 @@ DATABASE_CHECKS: Final[tuple[Callable[[DatabaseFacts, Settings], Check], ...]] =
     check_wal_retention,
     check_heartbeat,
     check_privileges,
+    check_event_writers,
+    check_leadership_lease,
+    check_message_emitters,
 )
 DATABASE_CHECK_NAMES: Final = (
     "migrations current",
@@ -534,6 +620,9 @@ DATABASE_CHECK_NAMES: Final = (
     "WAL retention",
     "heartbeat",
     "role privileges",
+    "event writers",
+    "leadership lease",
+    "table-less event emitters",
 )
 
 

@@ -6,6 +6,8 @@ boundary, so the CLI can turn every one of them into a single line and an exit c
 
 from __future__ import annotations
 
+from relay import redact
+
 
 class RelayError(Exception):
     """Base class of every error outbox-relay raises on purpose."""
@@ -39,8 +41,11 @@ class InvalidEventError(RelayError, ValueError):
 
 
 def first_line(exc: BaseException) -> str:
-    """The first non-empty line of an exception's message (libpq messages span lines)."""
+    """The first non-empty line of an exception's message (libpq messages span lines).
+
+    Remembered secrets are scrubbed: libpq echoes parts of malformed URLs.
+    """
     for line in str(exc).splitlines():
         if line.strip():
-            return line.strip()
+            return redact.scrub(line.strip())
     return type(exc).__name__

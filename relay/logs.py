@@ -7,6 +7,8 @@ import sys
 
 import structlog
 
+from relay import redact
+
 
 def configure(level: str = "info", fmt: str = "auto") -> None:
     """Set up structlog (and the standard library's loggers, for aiokafka's messages)."""
@@ -21,11 +23,14 @@ def configure(level: str = "info", fmt: str = "auto") -> None:
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
+        # Last before rendering: no field, whatever its origin, shows a password.
+        redact.log_processor,
     ]
     structlog.configure(
         processors=[
             *shared,
             structlog.processors.format_exc_info,
+            redact.log_processor,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),

@@ -11,7 +11,7 @@ from typing import Concatenate, ParamSpec, TypeVar
 
 import click
 
-from relay import config
+from relay import config, redact
 from relay.config import Settings
 from relay.errors import RelayError
 
@@ -27,7 +27,7 @@ class ErrorReportingGroup(click.Group):
         try:
             return super().invoke(ctx)
         except RelayError as exc:
-            click.echo(f"outbox-relay: error: {exc}", err=True)
+            click.echo(f"outbox-relay: error: {redact.scrub(str(exc))}", err=True)
             ctx.exit(exc.exit_code)
 
 

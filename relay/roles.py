@@ -24,26 +24,36 @@ def statements(
     """The grants, one composed block per role, for the outbox `settings` point at.
 
     WAL mode (``settings.mode``) adds REPLICATION for the relay's roles, and INSERT when
-    ``settings.message_prefix`` makes the relay park table-less messages as rows.
+    ``settings.message_prefix`` makes the relay park table-less messages as rows; the
+    prefix also restricts ``pg_logical_emit_message`` to the given roles (a superuser's
+    job: the function belongs to the bootstrap superuser).
     """
     if not relay_roles and not app_roles:
         raise ConfigError("no role to grant to: give --relay-role and/or --app-role")
     for role in (*relay_roles, *app_roles):
-        if not role or "\x00" in role:
+        if not role or "\x00" in role or "$grants$" in role:
             raise ConfigError(f"invalid role name {role!r}")
     names = migrate.names_for(settings)
+    messages = settings.mode is Mode.WAL and bool(settings.message_prefix)
     blocks = []
+
+    def role_names(role: str) -> dict[str, sql.Composable]:
+        return names | {"role": sql.Identifier(role), "role_name": sql.Literal(role)}
+
     for role in relay_roles:
-        role_names = names | {"role": sql.Identifier(role)}
-        blocks.append(relay_sql.query("roles", "relay", role_names))
+        blocks.append(relay_sql.query("roles", "relay", role_names(role)))
         if settings.mode is Mode.WAL:
-            blocks.append(relay_sql.query("roles", "relay_wal", role_names))
-            if settings.message_prefix:
-                blocks.append(relay_sql.query("roles", "relay_messages", role_names))
-    blocks.extend(
-        relay_sql.query("roles", "app", names | {"role": sql.Identifier(role)})
-        for role in app_roles
-    )
+            blocks.append(relay_sql.query("roles", "relay_wal", role_names(role)))
+            if messages:
+                blocks.append(relay_sql.query("roles", "relay_messages", role_names(role)))
+    blocks.extend(relay_sql.query("roles", "app", role_names(role)) for role in app_roles)
+    if messages:
+        # Table-less events only from the roles given here (and the relay's heartbeats).
+        blocks.append(relay_sql.query("roles", "restrict_messages", names))
+        blocks.extend(
+            relay_sql.query("roles", "emit_messages", role_names(role))
+            for role in (*relay_roles, *app_roles)
+        )
     return blocks
 
 
@@ -54,7 +64,8 @@ def script(
     blocks = statements(settings, relay_roles=relay_roles, app_roles=app_roles)
     header = (
         f"-- outbox-relay grants on {settings.schema}.{settings.table} ({settings.mode} mode);"
-        " run as the outbox's owner (REPLICATION needs a superuser)."
+        " run as the outbox's owner (REPLICATION, and restricting"
+        " pg_logical_emit_message, need a superuser)."
     )
     return "\n\n".join([header, *(block.as_string() for block in blocks)]) + "\n"
 

@@ -19,7 +19,7 @@ from typing import Final
 import structlog
 
 from relay import decisions
-from relay.config import Mode, Settings
+from relay.config import Mode, OnSent, Settings
 from relay.errors import ConfigError, DatabaseError
 from relay.health import Health
 from relay.kafka import KafkaPublisher
@@ -82,7 +82,9 @@ class Relay:
         self.health = health or Health()
         self.publisher = publisher or KafkaPublisher(settings)
         lock_id = settings.lock_id or decisions.lock_id_for(settings.schema, settings.table)
-        self.leadership = Leadership(settings.conninfo, lock_id)
+        self.leadership = Leadership(
+            settings.conninfo, lock_id, schema=settings.schema, table=settings.table
+        )
         self.loop: RelayLoop | None = None
         self._oldest_unsent_age_s = 0.0
 
@@ -92,6 +94,7 @@ class Relay:
         # In the background: a broker that does not answer must not delay a standby's
         # readiness to lead, nor a shutdown (the first publish connects anyway).
         connecting = asyncio.create_task(self._connect_publisher(), name="kafka-connect")
+        standby = asyncio.create_task(self._watch_standby_backlog(stop), name="standby-backlog")
         try:
             while await self.leadership.acquire(stop):
                 self._set_leader(leader=True)
@@ -101,7 +104,7 @@ class Relay:
                     self._set_leader(leader=False)
                     await self.leadership.release()
         finally:
-            for task in (summary, connecting):
+            for task in (summary, connecting, standby):
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
@@ -193,6 +196,27 @@ class Relay:
                 except DatabaseError as exc:
                     log.debug("backlog query failed", error=str(exc))
             await asyncio.sleep(BACKLOG_INTERVAL_S)
+
+    async def _watch_standby_backlog(self, stop: asyncio.Event) -> None:
+        """While standing by, keep the backlog gauges current from the outbox table.
+
+        So ``outbox_relay_oldest_unsent_age_seconds`` alerts even when no relay leads.
+        With ``--on-sent none`` rows stay pending: the table says nothing then.
+        """
+        if self.settings.on_sent is OnSent.NONE:
+            return
+        source = PollSource(self.settings)
+        try:
+            while not stop.is_set():
+                if not self.health.leader:
+                    try:
+                        self._backlog_seen(await source.backlog())
+                    except DatabaseError as exc:
+                        log.debug("standby backlog query failed", error=str(exc))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), BACKLOG_INTERVAL_S)
+        finally:
+            await source.stop()
 
     def _backlog_seen(self, backlog: Backlog) -> None:
         if backlog.pending_events is not None:

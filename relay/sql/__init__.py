@@ -46,6 +46,8 @@ def identifiers(
         "schema": sql.Identifier(schema),
         "outbox": sql.Identifier(schema, table),
         "outbox_name": sql.Literal(f"{schema}.{table}"),
+        "outbox_regclass": sql.Literal(f"{_quoted(schema)}.{_quoted(table)}"),
+        "leader_regclass": sql.Literal(f"{_quoted(schema)}.{_quoted(table + '_leader')}"),
         "migrations": qualified("migrations"),
         "topic_valid": own("topic_valid"),
         "one_payload": own("one_payload"),
@@ -57,11 +59,19 @@ def identifiers(
         "notify_function": qualified("notify"),
         "notify_trigger": own("notify"),
         "channel": sql.Literal(notify_channel(schema, table)),
+        "relay_owned_function": qualified("relay_owned"),
+        "relay_owned_trigger": own("relay_owned"),
+        "leader": qualified("leader"),
         "publish_function": qualified("publish"),
         "publish_bytes_function": qualified("publish_bytes"),
         "publication": sql.Identifier(publication),
         "max_payload_bytes": sql.Literal(max_payload_bytes),
     }
+
+
+def _quoted(name: str) -> str:
+    # For a regclass literal: the name as psql would quote it.
+    return '"' + name.replace('"', '""') + '"'
 
 
 def notify_channel(schema: str, table: str) -> str:

@@ -48,6 +48,9 @@ def test_a_working_wal_deployment_passes(database_url: str, broker: EmbeddedBrok
         "WAL retention": "ok",
         "heartbeat": "ok",
         "role privileges": "ok",
+        "event writers": "ok",
+        "leadership lease": "ok",
+        "table-less event emitters": "ok",
         "broker reachable": "ok",
         # tansu auto-creates topics but does not say so through DescribeConfigs.
         "topics": checks["topics"]["level"],

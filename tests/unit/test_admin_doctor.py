@@ -57,6 +57,9 @@ def test_poll_mode_skips_what_only_wal_needs() -> None:
         "WAL retention": Level.SKIP,
         "heartbeat": Level.SKIP,
         "role privileges": Level.OK,
+        "event writers": Level.OK,
+        "leadership lease": Level.OK,
+        "table-less event emitters": Level.SKIP,
     }
 
 
