@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+from collections.abc import Sequence
 from typing import Final
 
 import psycopg
 from psycopg import sql
 
 from relay import sql as relay_sql
-from relay.errors import DatabaseError, first_line
+from relay.errors import ConfigError, DatabaseError, first_line
 from relay.inbox import names
 
 #: Processed ids deleted per purge transaction: short, so a running consumer never waits.
@@ -80,5 +81,27 @@ def purge(
                 deleted += count
                 if count < batch_size:
                     return deleted
+    except psycopg.Error as exc:
+        raise _translate(exc) from None
+
+
+def grants(schema: str, table: str, roles: Sequence[str]) -> list[sql.Composed]:
+    """The grants of the consumers' `roles` on the inbox ``schema.table``."""
+    for role in roles:
+        if not role or "\x00" in role:
+            raise ConfigError(f"invalid role name {role!r}")
+    placeholders = names.identifiers(schema, table)
+    return [
+        relay_sql.query("inbox", "consumer_role", placeholders | {"role": sql.Identifier(role)})
+        for role in roles
+    ]
+
+
+def apply_grants(conninfo: str, blocks: Sequence[sql.Composed]) -> None:
+    """Run the grants in one transaction."""
+    try:
+        with psycopg.connect(conninfo, connect_timeout=10) as conn:
+            for block in blocks:
+                conn.execute(block)
     except psycopg.Error as exc:
         raise _translate(exc) from None

@@ -168,3 +168,35 @@ def purge_command(
         click.echo(json.dumps({"deleted": deleted}, indent=2))
     else:
         click.echo(f"deleted {deleted:,} processed ids older than {older_than}")
+
+
+@inbox_group.command(name="grants")
+@_where
+@click.option(
+    "--role",
+    "consumer_roles",
+    multiple=True,
+    required=True,
+    metavar="ROLE",
+    help="A consuming service's role (repeat).",
+)
+@click.option("--apply", "apply_now", is_flag=True, help="Run the grants instead of printing.")
+def grants_command(
+    database_url: str, schema: str, table: str, *, consumer_roles: tuple[str, ...], apply_now: bool
+) -> None:
+    """Print (or --apply) least-privilege grants on the inbox for consumers' roles.
+
+    A consumer may claim ids and park, read and release its records; it cannot delete
+    claims (only `inbox purge`, run by the tables' owner, does).
+
+    \b
+    Exit codes: 0 done; 1 database error; 2 bad input.
+    """
+    _check_names(schema, table)
+    blocks = inbox_admin.grants(schema, table, consumer_roles)
+    if apply_now:
+        inbox_admin.apply_grants(_need_url(database_url), blocks)
+        click.echo(f"granted on {schema}.{table}")
+    else:
+        header = f"-- outbox-relay inbox grants on {schema}.{table}; run as the tables' owner."
+        click.echo("\n\n".join([header, *(b.as_string() for b in blocks)]))

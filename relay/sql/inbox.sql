@@ -36,3 +36,18 @@ WHERE ctid IN (
     LIMIT {batch_size}
     FOR UPDATE SKIP LOCKED
 )
+
+-- name: drop_inbox
+-- Everything `inbox migrate` created, claims included; the schema stays.
+DROP TABLE IF EXISTS {parked};
+DROP TABLE IF EXISTS {inbox};
+DROP TABLE IF EXISTS {migrations};
+
+-- name: consumer_role
+-- A consuming service's role: claims (INSERT, and SELECT for ON CONFLICT / RETURNING),
+-- parks records, reads and releases its parked records. No DELETE: only the operator's
+-- `inbox purge` (the tables' owner) removes claims.
+GRANT USAGE ON SCHEMA {schema} TO {role};
+GRANT SELECT, INSERT ON {inbox} TO {role};
+GRANT SELECT, INSERT, UPDATE ON {parked} TO {role};
+GRANT SELECT ON {migrations} TO {role};

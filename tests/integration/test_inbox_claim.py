@@ -338,3 +338,22 @@ def test_a_thousand_new_ids_in_one_statement(inbox_url: str) -> None:
             )
 
     assert all(asyncio.run(main()))
+
+
+def test_a_consumer_role_can_claim_but_not_delete_claims(inbox_url: str) -> None:
+    with psycopg.connect(inbox_url, autocommit=True) as conn:
+        conn.execute("CREATE ROLE billing_svc LOGIN")
+    try:
+        done = run_cli("inbox", "grants", "--role", "billing_svc", "--apply",
+                       "--database-url", inbox_url)  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        as_role = psycopg.conninfo.make_conninfo(inbox_url, user="billing_svc")
+        with psycopg.connect(as_role) as conn:
+            assert Inbox(consumer="billing").claim(conn, uuid.uuid4())
+            conn.commit()
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute("DELETE FROM inbox")
+    finally:
+        with psycopg.connect(inbox_url, autocommit=True) as conn:
+            conn.execute("DROP OWNED BY billing_svc")
+            conn.execute("DROP ROLE billing_svc")
