@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import uuid
 from collections.abc import Sequence
 from typing import Final
 
@@ -103,5 +104,37 @@ def apply_grants(conninfo: str, blocks: Sequence[sql.Composed]) -> None:
         with psycopg.connect(conninfo, connect_timeout=10) as conn:
             for block in blocks:
                 conn.execute(block)
+    except psycopg.Error as exc:
+        raise _translate(exc) from None
+
+
+def release(
+    conninfo: str,
+    schema: str,
+    table: str,
+    *,
+    consumer: str,
+    new_state: str,
+    keys: Sequence[str] = (),
+    event_ids: Sequence[uuid.UUID] = (),
+    everything: bool = False,
+) -> int:
+    """Move parked records of `consumer` to ``retry`` or ``skipped``; the number moved.
+
+    The runner applies retried records in their key's order; skipped ones never.
+    """
+    query = relay_sql.query("inbox", "release", names.identifiers(schema, table))
+    try:
+        with psycopg.connect(conninfo, connect_timeout=10) as conn:
+            return conn.execute(
+                query,
+                {
+                    "consumer": consumer,
+                    "new_state": new_state,
+                    "all": everything,
+                    "keys": [k.encode() for k in keys],
+                    "event_ids": list(event_ids),
+                },
+            ).rowcount
     except psycopg.Error as exc:
         raise _translate(exc) from None

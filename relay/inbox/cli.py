@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import uuid
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -200,3 +201,75 @@ def grants_command(
     else:
         header = f"-- outbox-relay inbox grants on {schema}.{table}; run as the tables' owner."
         click.echo("\n\n".join([header, *(b.as_string() for b in blocks)]))
+
+
+def _release(
+    verb: str,
+    database_url: str,
+    schema: str,
+    table: str,
+    *,
+    consumer: str,
+    keys: tuple[str, ...],
+    event_ids: tuple[str, ...],
+    everything: bool,
+    as_json: bool,
+) -> None:
+    _check_names(schema, table)
+    if everything == bool(keys or event_ids):
+        raise admin.BadInputError("say which records: --key, --event-id, or --all (alone)")
+    changed = inbox_admin.release(
+        _need_url(database_url),
+        schema,
+        table,
+        consumer=consumer,
+        new_state="retry" if verb == "retry" else "skipped",
+        keys=keys,
+        event_ids=[uuid.UUID(admin.parse_event_id(e)) for e in event_ids],
+        everything=everything,
+    )
+    if not changed:
+        raise admin.NothingMatchedError(f"no parked record of {consumer} matches")
+    if as_json:
+        click.echo(json.dumps({"released" if verb == "retry" else "skipped": changed}, indent=2))
+    elif verb == "retry":
+        click.echo(f"released {changed:,} parked records; the consumer applies them next")
+    else:
+        click.echo(f"skipped {changed:,} parked records")
+
+
+_release_options = (
+    click.option("--consumer", required=True, help="The consumer whose records to change."),
+    click.option("--key", "keys", multiple=True, metavar="KEY", help="Only this key (repeat)."),
+    click.option("--event-id", "event_ids", multiple=True, metavar="UUID", help="Only this event."),
+    click.option("--all", "everything", is_flag=True, help="Every parked record."),
+    click.option("--json", "as_json", is_flag=True, help="Print the outcome as JSON."),
+)
+
+
+def _with_release_options(command: F) -> F:
+    for option in reversed(_release_options):
+        command = option(command)
+    return _where(command)
+
+
+@inbox_group.command(name="retry")
+@_with_release_options
+def retry_command(database_url: str, schema: str, table: str, **selection: Any) -> None:  # noqa: ANN401 - click's options
+    """Release parked records: the running consumer applies them, in their key's order.
+
+    \b
+    Exit codes: 0 released; 1 database error; 2 bad input; 3 nothing matched.
+    """
+    _release("retry", database_url, schema, table, **selection)
+
+
+@inbox_group.command(name="skip")
+@_with_release_options
+def skip_command(database_url: str, schema: str, table: str, **selection: Any) -> None:  # noqa: ANN401 - click's options
+    """Give up on parked records: never applied; their key flows again.
+
+    \b
+    Exit codes: 0 skipped; 1 database error; 2 bad input; 3 nothing matched.
+    """
+    _release("skip", database_url, schema, table, **selection)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import json
 import random
 import time
 import uuid
@@ -31,12 +32,17 @@ import psycopg
 import structlog
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from psycopg import sql
 
 from relay import connection, decisions
+from relay import sql as relay_sql
+from relay.inbox import names
 from relay.inbox.claim import Claim, Inbox, event_id_of
 
 logger = structlog.get_logger("relay.inbox")
 
+#: Handler failures in a row before a record is parked (its key then waits).
+PARK_AFTER_ATTEMPTS: Final = 5
 #: Most records handled in one database transaction.
 MAX_BATCH_RECORDS: Final = 500
 FETCH_TIMEOUT_MS: Final = 200
@@ -83,6 +89,12 @@ class ConsumerMetrics:
         self.handler_seconds = Histogram(
             "outbox_inbox_handler_seconds",
             "Time in the handler per transaction.",
+            ["consumer"],
+            registry=r,
+        )
+        self.parked = Counter(
+            "outbox_inbox_records_parked",
+            "Records parked: their handler kept failing, or they wait behind one.",
             ["consumer"],
             registry=r,
         )
@@ -138,6 +150,7 @@ class InboxConsumer:
         metrics: ConsumerMetrics | None = None,
         kafka_options: dict[str, Any] | None = None,
         random_source: Callable[[], float] = random.random,
+        park_after_attempts: int = PARK_AFTER_ATTEMPTS,
     ) -> None:
         self.inbox = inbox
         self.handler = handler
@@ -148,6 +161,7 @@ class InboxConsumer:
         self.max_batch_records = max_batch_records
         self.metrics = metrics or ConsumerMetrics()
         self.kafka_options = kafka_options or {}
+        self.park_after_attempts = park_after_attempts
         self._random = random_source
         self._lock = asyncio.Lock()
 
@@ -165,6 +179,8 @@ class InboxConsumer:
         await consumer.start()
         try:
             while not stop.is_set():
+                async with self._lock:
+                    await self._run_retries(conn)
                 fetched = await consumer.getmany(
                     timeout_ms=FETCH_TIMEOUT_MS, max_records=self.max_batch_records
                 )
@@ -210,21 +226,78 @@ class InboxConsumer:
             return
         await consumer.commit({tp: records[-1].offset + 1})
 
+    def _query(self, name: str) -> sql.Composed:
+        return relay_sql.query(
+            "inbox", name, names.identifiers(self.inbox.schema, self.inbox.table)
+        )
+
+    async def _held(self, conn: psycopg.AsyncConnection[Any]) -> dict[tuple[str, bytes], str]:
+        """Held keys, each with the state a record parked behind it gets."""
+        cursor = await conn.execute(self._query("held_keys"), {"consumer": self.inbox.consumer})
+        return {
+            (topic, bytes(key)): ("parked" if any_parked else "retry")
+            for topic, key, any_parked in await cursor.fetchall()
+        }
+
+    async def _park(
+        self,
+        conn: psycopg.AsyncConnection[Any],
+        record: Record,
+        *,
+        error: str,
+        attempts: int,
+        state: str = "parked",
+    ) -> None:
+        await conn.execute(
+            self._query("park"),
+            {
+                "consumer": self.inbox.consumer,
+                "event_id": record.event_id,
+                "topic": record.topic,
+                "partition": record.partition,
+                "offset": record.offset,
+                "key": record.key,
+                "value": record.value,
+                "headers": json.dumps(
+                    [[k, v.decode("utf-8", "replace")] for k, v in record.headers]
+                ),
+                "error": error,
+                "attempts": attempts,
+                "state": state,
+            },
+        )
+        self.metrics.parked.labels(self.inbox.consumer).inc()
+
     async def _apply(self, conn: psycopg.AsyncConnection[Any], records: Sequence[Record]) -> None:
         name = self.inbox.consumer
         async with conn.transaction():
+            held = await self._held(conn)
+            flowing = []
+            for record in records:
+                hold = held.get((record.topic, record.key)) if record.key is not None else None
+                if hold is None:
+                    flowing.append(record)
+                else:
+                    # Its key waits behind a parked record: park it too, in key order.
+                    await self._park(
+                        conn,
+                        record,
+                        error="held behind a parked record of its key",
+                        attempts=0,
+                        state=hold,
+                    )
             new = await self.inbox.claim_many_async(
-                conn, [Claim(r.event_id, r.topic, r.partition, r.offset) for r in records]
+                conn, [Claim(r.event_id, r.topic, r.partition, r.offset) for r in flowing]
             )
             started = time.perf_counter()
-            for record, is_new in zip(records, new, strict=True):
+            for record, is_new in zip(flowing, new, strict=True):
                 if is_new:
                     await self.handler(conn, record)
             self.metrics.handler_seconds.labels(name).observe(time.perf_counter() - started)
         applied = sum(new)
         self.metrics.processed.labels(name).inc(applied)
-        if applied < len(records):
-            self.metrics.duplicates.labels(name).inc(len(records) - applied)
+        if applied < len(flowing):
+            self.metrics.duplicates.labels(name).inc(len(flowing) - applied)
 
     async def _apply_with_retries(
         self, conn: psycopg.AsyncConnection[Any], record: Record, stop: asyncio.Event
@@ -233,9 +306,21 @@ class InboxConsumer:
         while not stop.is_set():
             try:
                 await self._apply(conn, [record])
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 failures += 1
                 self.metrics.handler_errors.labels(self.inbox.consumer).inc()
+                if failures >= self.park_after_attempts:
+                    async with conn.transaction():
+                        await self._park(conn, record, error=repr(exc), attempts=failures)
+                    logger.exception(
+                        "record parked; its key waits (outbox-relay inbox retry)",
+                        consumer=self.inbox.consumer,
+                        topic=record.topic,
+                        partition=record.partition,
+                        offset=record.offset,
+                        error=repr(exc),
+                    )
+                    return
                 delay = decisions.backoff_s(failures, self._random)
                 logger.warning(
                     "handler failed; retrying",
@@ -250,4 +335,42 @@ class InboxConsumer:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), delay)
             else:
+                return
+
+    async def _run_retries(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        """Apply records released by ``inbox retry``, oldest first, until none is due."""
+        while True:
+            row_id = None
+            try:
+                async with conn.transaction():
+                    cursor = await conn.execute(
+                        self._query("next_retry"), {"consumer": self.inbox.consumer}
+                    )
+                    row = await cursor.fetchone()
+                    if row is None:
+                        return
+                    row_id, event_id, topic, partition, offset, key, value, headers = row
+                    record = Record(
+                        topic,
+                        partition,
+                        offset,
+                        bytes(key) if key is not None else None,
+                        bytes(value) if value is not None else None,
+                        tuple((k, v.encode()) for k, v in headers),
+                        event_id,
+                    )
+                    if await self.inbox.claim_async(
+                        conn, Claim(event_id, topic, partition, offset)
+                    ):
+                        await self.handler(conn, record)
+                        self.metrics.processed.labels(self.inbox.consumer).inc()
+                    await conn.execute(self._query("retried"), {"id": row_id})
+            except Exception as exc:
+                if row_id is None:
+                    raise  # the database, not the handler
+                self.metrics.handler_errors.labels(self.inbox.consumer).inc()
+                async with conn.transaction():
+                    await conn.execute(
+                        self._query("retry_failed"), {"id": row_id, "error": repr(exc)}
+                    )
                 return

@@ -51,3 +51,44 @@ GRANT USAGE ON SCHEMA {schema} TO {role};
 GRANT SELECT, INSERT ON {inbox} TO {role};
 GRANT SELECT, INSERT, UPDATE ON {parked} TO {role};
 GRANT SELECT ON {migrations} TO {role};
+
+-- name: held_keys
+-- Keys that wait behind a parked record of this consumer (the partial index is tiny),
+-- and whether one of them is still parked (else all are released for a retry).
+SELECT topic, key, bool_or(state = 'parked') FROM {parked}
+WHERE consumer = %(consumer)s AND state IN ('parked', 'retry') AND key IS NOT NULL
+GROUP BY topic, key
+
+-- name: park
+-- A redelivered record that is parked already stays one row.
+INSERT INTO {parked} AS p (consumer, event_id, topic, partition, "offset", key, value,
+                           headers, error, attempts, state)
+VALUES (%(consumer)s, %(event_id)s, %(topic)s, %(partition)s, %(offset)s, %(key)s,
+        %(value)s, %(headers)s, %(error)s, %(attempts)s, %(state)s)
+ON CONFLICT (consumer, topic, partition, "offset") DO NOTHING
+
+-- name: next_retry
+-- The oldest released record whose key has no older record still parked.
+SELECT p.id, p.event_id, p.topic, p.partition, p."offset", p.key, p.value, p.headers
+FROM {parked} p
+WHERE p.consumer = %(consumer)s AND p.state = 'retry'
+  AND NOT EXISTS (
+      SELECT 1 FROM {parked} e
+      WHERE e.consumer = p.consumer AND e.topic = p.topic AND e.key = p.key
+        AND e.state = 'parked' AND e.id < p.id)
+ORDER BY p.id
+LIMIT 1
+FOR UPDATE SKIP LOCKED
+
+-- name: retried
+UPDATE {parked} SET state = 'applied', released_at = now() WHERE id = %(id)s
+
+-- name: retry_failed
+UPDATE {parked} SET state = 'parked', attempts = attempts + 1, error = %(error)s
+WHERE id = %(id)s
+
+-- name: release
+-- inbox retry / skip: parked records of one consumer, by key, event id or all.
+UPDATE {parked} SET state = %(new_state)s, released_at = now()
+WHERE consumer = %(consumer)s AND state = 'parked'
+  AND (%(all)s OR key = ANY(%(keys)s) OR event_id = ANY(%(event_ids)s))
