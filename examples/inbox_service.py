@@ -57,6 +57,8 @@ async def main() -> None:
     parser.add_argument("--topic", default="demo.orders")
     parser.add_argument("--consumer", default="order-totals")
     parser.add_argument("--max-batch-records", type=int, default=500)
+    # A member that died without leaving holds its partitions this long.
+    parser.add_argument("--session-timeout-ms", type=int, default=10_000)
     args = parser.parse_args()
     logs.configure("info", "auto")
     inbox_migrate.apply(args.database_url)
@@ -73,7 +75,11 @@ async def main() -> None:
         database_url=args.database_url,
         bootstrap_servers=args.bootstrap_servers,
         max_batch_records=args.max_batch_records,
-        kafka_options={"metadata_max_age_ms": 1000},
+        kafka_options={
+            "metadata_max_age_ms": 1000,
+            "session_timeout_ms": args.session_timeout_ms,
+            "heartbeat_interval_ms": min(3000, args.session_timeout_ms // 3),
+        },
     )
     print(f"consuming {args.topic} as {args.consumer}", flush=True)
     await consumer.run(stop)

@@ -86,6 +86,8 @@ def start_service(url: str, bootstrap: str, topic: str, log: Path) -> subprocess
                 topic,
                 "--max-batch-records",
                 "40",
+                "--session-timeout-ms",
+                "6000",
             ],
             stdout=out,
             stderr=subprocess.STDOUT,
