@@ -357,3 +357,20 @@ def test_a_consumer_role_can_claim_but_not_delete_claims(inbox_url: str) -> None
         with psycopg.connect(inbox_url, autocommit=True) as conn:
             conn.execute("DROP OWNED BY billing_svc")
             conn.execute("DROP ROLE billing_svc")
+
+
+@pytest.mark.parametrize("commit", [True, False])
+async def test_claim_and_publish_commit_or_roll_back_together(
+    inbox_url: str, *, commit: bool
+) -> None:
+    from relay.producer import Event, publish_async
+
+    event = uuid.uuid4()
+    async with await psycopg.AsyncConnection.connect(inbox_url) as conn:
+        assert await Inbox(consumer="billing").claim_async(conn, event)
+        await publish_async(conn, Event("invoices", {"for": str(event)}, key="a"))
+        await (conn.commit() if commit else conn.rollback())
+    with psycopg.connect(inbox_url) as conn:
+        outbox = conn.execute("SELECT count(*) FROM outbox WHERE topic = 'invoices'").fetchone()
+    assert outbox == (1 if commit else 0,)
+    assert processed(inbox_url) == ({event} if commit else set())
