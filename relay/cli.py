@@ -10,6 +10,7 @@ from relay import admin_cli, config, logs, migrate, roles, run
 from relay.config import Settings
 from relay.demo import demo_command
 from relay.errors import ConfigError
+from relay.inbox.cli import inbox_group
 from relay.options import ErrorReportingGroup, echo_values, with_settings
 from relay.slot_cli import slot_group
 
@@ -125,6 +126,7 @@ def run_command(settings: Settings) -> None:
 
 main.add_command(demo_command)
 main.add_command(slot_group)
+main.add_command(inbox_group)
 
 
 for _command in admin_cli.COMMANDS:

@@ -409,7 +409,14 @@ async def _run(demo: Demo, relay: subprocess.Popen[bytes]) -> None:
             loop.remove_signal_handler(signal.SIGTERM)
 
 
-def run_demo(events: int, rate: float, mode: Mode, customers: int, stream: IO[str]) -> bool:
+def run_demo(  # noqa: PLR0917
+    events: int,
+    rate: float,
+    mode: Mode,
+    customers: int,
+    stream: IO[str],
+    with_inbox: bool = False,  # noqa: FBT001, FBT002
+) -> bool:
     """Run the demo end to end; True when every written event was consumed."""
     # The throwaway servers are the demo's alone: the daemon never loads them.
     from relay._embedded import EmbeddedBroker, EmbeddedPostgres, broker_binary, free_port
@@ -455,8 +462,16 @@ def run_demo(events: int, rate: float, mode: Mode, customers: int, stream: IO[st
                 progress.say(f"  {line}")
         for line in summary_lines(demo.tally, demo.written, elapsed_s):
             progress.say(line)
+        inbox_ok = True
+        if with_inbox and not demo.failure:
+            from relay.inbox import demo as inbox_demo
+
+            inbox_ok = inbox_demo.run(
+                postgres.url, broker.bootstrap_servers, TOPIC, demo.written, progress.say
+            )
         progress.say("cleaning up: stopping the relay, the broker and PostgreSQL")
-    return demo.written > 0 and demo.tally.relayed >= demo.written and not demo.failure
+    relayed = demo.written > 0 and demo.tally.relayed >= demo.written and not demo.failure
+    return relayed and inbox_ok
 
 
 @click.command(name="demo")
@@ -476,7 +491,11 @@ def run_demo(events: int, rate: float, mode: Mode, customers: int, stream: IO[st
     "--keys", "customers", type=click.IntRange(min=1), default=100, show_default=True,
     help="Distinct keys (customers); per-key order is checked on arrival.",
 )  # fmt: skip
-def demo_command(events: int, rate: float, mode: str, customers: int) -> None:
+@click.option(
+    "--with-inbox", is_flag=True,
+    help="Then apply the events once each through an inbox consumer (relay.inbox).",
+)  # fmt: skip
+def demo_command(events: int, rate: float, mode: str, customers: int, *, with_inbox: bool) -> None:
     """Watch the relay work: a local PostgreSQL, broker, order service, relay and consumer.
 
     Needs only Python: PostgreSQL comes from the machine's server binaries or the
@@ -491,5 +510,5 @@ def demo_command(events: int, rate: float, mode: str, customers: int) -> None:
       outbox-relay demo
       outbox-relay demo --mode wal --events 20000 --rate 0
     """
-    if not run_demo(events, rate, Mode(mode), customers, sys.stdout):
+    if not run_demo(events, rate, Mode(mode), customers, sys.stdout, with_inbox):
         raise SystemExit(1)

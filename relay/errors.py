@@ -40,6 +40,10 @@ class InvalidEventError(RelayError, ValueError):
     exit_code = 2
 
 
+class MissingEventIdError(RelayError, ValueError):
+    """A consumed record has no usable ``event_id`` header, so the inbox cannot claim it."""
+
+
 def first_line(exc: BaseException) -> str:
     """The first non-empty line of an exception's message (libpq messages span lines).
 

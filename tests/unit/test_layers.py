@@ -20,6 +20,7 @@ DAEMON_MODULES = (
     "relay.connection",
     "relay.health",
     "relay.http",
+    "relay.inbox.consumer",
     "relay.kafka",
     "relay.leadership",
     "relay.loop",

@@ -1,0 +1,109 @@
+"""The inbox's migration kit, with the outbox kit's properties (`relay.migrate`).
+
+Versioned SQL files in ``relay/inbox/migrations``, recorded in
+``<schema>.<table>_migrations``; `apply` runs the pending ones, each in its own
+transaction, under an advisory lock, so running it twice (or twice at once) is safe;
+`script` renders the same SQL for psql, Alembic, Flyway or Liquibase.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import re
+from collections.abc import Container
+from typing import Final
+
+import psycopg
+from psycopg import sql
+
+from relay import sql as relay_sql
+from relay.errors import ConfigError, DatabaseError, MigrationError, first_line
+from relay.inbox import names
+from relay.migrate import Migration
+
+_FILE_NAME: Final = re.compile(r"^(\d{4})_(\w+)\.sql$")
+_VERSION_TABLE: Final = """\
+CREATE TABLE IF NOT EXISTS {migrations} (
+    version integer PRIMARY KEY,
+    name text NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now()
+);"""
+_RECORD: Final = "INSERT INTO {migrations} (version, name) VALUES ({version}, {name});"
+
+
+def migrations() -> list[Migration]:
+    """Every inbox migration shipped with this version of outbox-relay, in order."""
+    folder = importlib.resources.files(__package__).joinpath("migrations")
+    found = []
+    for entry in sorted(folder.iterdir(), key=lambda e: e.name):
+        match = _FILE_NAME.match(entry.name)
+        if match:
+            found.append(Migration(int(match[1]), match[2], entry.read_text("utf-8")))
+    return found
+
+
+def _statement(migration: Migration, placeholders: dict[str, sql.Composable]) -> sql.Composed:
+    record = relay_sql.render(
+        _RECORD,
+        placeholders
+        | {"version": sql.Literal(migration.version), "name": sql.Literal(migration.name)},
+    )
+    return sql.Composed([relay_sql.render(migration.template, placeholders), sql.SQL("\n"), record])
+
+
+def script(schema: str, table: str, *, versions: Container[int] | None = None) -> str:
+    """All inbox migrations (or those in `versions`) as one SQL script."""
+    placeholders = names.identifiers(schema, table)
+    parts = [
+        (
+            f"-- outbox-relay inbox schema for {schema}.{table}; apply it in one transaction"
+            " (psql -1 -f)."
+        ),
+        relay_sql.render("CREATE SCHEMA IF NOT EXISTS {schema};", placeholders).as_string(),
+        relay_sql.render(_VERSION_TABLE, placeholders).as_string(),
+    ]
+    for migration in migrations():
+        if versions is None or migration.version in versions:
+            parts.append(f"-- {migration.version:04d}_{migration.name}")
+            parts.append(_statement(migration, placeholders).as_string())
+    return "\n\n".join(parts) + "\n"
+
+
+def _lock_key(schema: str, table: str) -> sql.Composed:
+    return sql.SQL("hashtextextended({}, 0)").format(
+        sql.Literal(f"outbox-relay inbox migrate {schema}.{table}")
+    )
+
+
+def apply(conninfo: str, schema: str = "public", table: str = "inbox") -> list[Migration]:
+    """Apply the pending inbox migrations; return those applied (empty when up to date)."""
+    if not conninfo:
+        raise ConfigError("no database URL: set --database-url or RELAY_DATABASE_URL")
+    placeholders = names.identifiers(schema, table)
+    lock = _lock_key(schema, table)
+    try:
+        with psycopg.connect(conninfo, autocommit=True, connect_timeout=10) as conn:
+            conn.execute(sql.SQL("SELECT pg_advisory_lock({})").format(lock))
+            try:
+                with conn.transaction():
+                    conn.execute(
+                        relay_sql.render("CREATE SCHEMA IF NOT EXISTS {schema}", placeholders)
+                    )
+                    conn.execute(relay_sql.render(_VERSION_TABLE, placeholders))
+                done = {
+                    row[0]
+                    for row in conn.execute(
+                        relay_sql.render("SELECT version FROM {migrations}", placeholders)
+                    )
+                }
+                pending = [m for m in migrations() if m.version not in done]
+                for migration in pending:
+                    with conn.transaction():
+                        conn.execute(_statement(migration, placeholders))
+            finally:
+                conn.execute(sql.SQL("SELECT pg_advisory_unlock({})").format(lock))
+    except psycopg.OperationalError as exc:
+        raise DatabaseError(f"cannot connect to the database: {first_line(exc)}") from None
+    except psycopg.Error as exc:
+        raise MigrationError(f"inbox migration failed: {first_line(exc)}") from None
+    return pending
