@@ -191,6 +191,13 @@ class Leadership:
             raise MigrationError(
                 f"outbox table {self.outbox} not found: run `outbox-relay migrate` first"
             ) from None
+        except psycopg.errors.InsufficientPrivilege:
+            await self._close()
+            # Standing by forever would hide it: the grants are missing (older grants).
+            raise MigrationError(
+                f"this role may not take the leadership lease {self.outbox}_leader: "
+                "run `outbox-relay grants --relay-role ...` (SELECT, UPDATE on it)"
+            ) from None
         except (psycopg.Error, TimeoutError) as exc:
             await self._close()
             reason = first_line(exc) if str(exc) else type(exc).__name__

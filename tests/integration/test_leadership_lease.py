@@ -13,6 +13,7 @@ import structlog
 from psycopg import errors
 
 from relay import decisions
+from relay._embedded import EmbeddedBroker
 from relay.config import Settings
 from relay.leadership import Leadership
 from relay.run import Relay
@@ -154,3 +155,19 @@ async def test_a_standby_reports_the_backlog_while_another_relay_leads(
         stop.set()
         await asyncio.wait_for(running, 30)
         await holder.release()
+
+
+def test_a_relay_role_without_the_lease_grant_is_one_clear_line(
+    database_url: str, roles: Roles, broker: EmbeddedBroker
+) -> None:
+    with psycopg.connect(database_url, autocommit=True) as owner:
+        owner.execute(f'GRANT SELECT, UPDATE, DELETE ON outbox TO "{roles.relay}"')
+    result = run_cli(
+        "run", "--database-url", _as(database_url, roles.relay),
+        "--bootstrap-servers", broker.bootstrap_servers, "--log-level", "error",
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        "outbox-relay: error: this role may not take the leadership lease public.outbox_leader: "
+        "run `outbox-relay grants --relay-role ...` (SELECT, UPDATE on it)"
+    )

@@ -40,6 +40,8 @@ class Lease(RuleBasedStateMachine):
         self.leader: int | None = None
         self.epoch: int = row[0]
         self.epochs: dict[int, int] = {}
+        #: The leader whose lease ran out while nobody took it: it may still renew.
+        self.lapsed: int | None = None
 
     def _conn(self, i: int) -> psycopg.Connection[Any]:
         conn = self.conns[i]
@@ -56,6 +58,7 @@ class Lease(RuleBasedStateMachine):
             self.epoch += 1
             assert row[0] == self.epoch
             self.leader, self.epochs[i] = i, self.epoch
+            self.lapsed = None
         else:
             assert row is None  # a live lease of another session
 
@@ -65,7 +68,10 @@ class Lease(RuleBasedStateMachine):
             return
         params = {"ttl_s": 60, "epoch": self.epochs[i]}
         row = self._conn(i).execute(Q["renew"], params).fetchone()
-        assert (row is not None) == (self.leader == i and self.epochs[i] == self.epoch)
+        current = self.epochs[i] == self.epoch
+        assert (row is not None) == (current and i in (self.leader, self.lapsed))
+        if row is not None:
+            self.leader, self.lapsed = i, None
 
     @rule(i=integers(0, SESSIONS - 1))
     def give_up(self, i: int) -> None:
@@ -74,6 +80,8 @@ class Lease(RuleBasedStateMachine):
         self._conn(i).execute(Q["give_up"], {"epoch": self.epochs[i]})
         if self.leader == i and self.epochs[i] == self.epoch:
             self.leader = None
+        if self.lapsed == i:
+            self.lapsed = None
         del self.epochs[i]
 
     @precondition(lambda self: self.leader is not None)
@@ -94,7 +102,8 @@ class Lease(RuleBasedStateMachine):
     def lease_runs_out(self) -> None:
         with psycopg.connect(self.database_url, autocommit=True) as owner:
             owner.execute("UPDATE outbox_leader SET leader_until = now() - interval '1 s'")
-        self.leader = None
+        if self.leader is not None:
+            self.leader, self.lapsed = None, self.leader
 
     @invariant()
     def the_row_names_the_leader(self) -> None:
@@ -123,5 +132,5 @@ def test_the_lease_matches_its_model(database_url: str) -> None:
     LeaseOnThisDatabase.database_url = database_url
     run_state_machine_as_test(
         LeaseOnThisDatabase,
-        settings=settings(max_examples=12, stateful_step_count=12, deadline=None, database=None),
+        settings=settings(max_examples=15, stateful_step_count=12, deadline=None, database=None),
     )
