@@ -63,6 +63,14 @@ SELECT pg_logical_emit_message(false, 'outbox-relay-heartbeat', '')
 -- name: insert_position
 SELECT pg_current_wal_insert_lsn()::text
 
+-- name: sweep_snapshot
+-- Which transactions the sweep's snapshot sees, and a WAL position every one of them
+-- committed before: the hand-over rule between the table and the stream.
+SELECT pg_current_wal_insert_lsn()::text, pg_current_snapshot()::text
+
+-- name: current_snapshot
+SELECT pg_current_snapshot()::text
+
 -- name: pending_rows
 -- The hand-over and the fallback after a lost slot: the table is the truth.
 SELECT id, event_id::text, topic, key, payload::text, payload_bytes, headers::text,
@@ -72,15 +80,28 @@ WHERE state = 'pending' AND id > %(after_id)s
 ORDER BY id
 LIMIT %(limit)s
 
+-- name: pending_rows_of_keys
+-- After an operator's release: only the released keys' rows (and released rows
+-- without a key), in id order.
+SELECT id, event_id::text, topic, key, payload::text, payload_bytes, headers::text,
+       event_type, aggregate_type, created_at, attempts
+FROM {outbox}
+WHERE state = 'pending' AND id > %(after_id)s
+  AND (key = ANY(%(keys)s::text[]) OR (key IS NULL AND id = ANY(%(ids)s::bigint[])))
+ORDER BY id
+LIMIT %(limit)s
+
 -- name: parked_rows
 SELECT id, key FROM {outbox} WHERE state = 'parked'
 
 -- name: mark_sent
 UPDATE {outbox} SET state = 'sent', sent_at = now()
 WHERE id = ANY(%(ids)s::bigint[]) AND state = 'pending'
+RETURNING id
 
 -- name: delete_sent
 DELETE FROM {outbox} WHERE id = ANY(%(ids)s::bigint[]) AND state = 'pending'
+RETURNING id
 
 -- name: record_failure
 UPDATE {outbox} SET attempts = attempts + 1, last_error = %(error)s

@@ -12,13 +12,13 @@ from collections.abc import AsyncIterator
 import psycopg
 import pytest
 
-from relay import wal
 from relay.config import Mode, OnSent, Settings
 from relay.kafka import KafkaPublisher
 from relay.loop import LoopConfig, RelayLoop
 from relay.metrics import Metrics
 from relay.slot import slot_status
 from relay.wal import WalSource
+from relay.wal import _source as wal
 from tests.support import Consumed, consume
 
 

@@ -383,19 +383,18 @@ def test_relation_shape_follows_column_positions() -> None:
     assert shape.positions[0] == len(OUTBOX_COLUMNS)  # id is the last column here
 
 
-def test_rows_already_queued_from_the_table_are_skipped() -> None:
+def test_a_transaction_carries_its_xid_for_the_hand_over() -> None:
     stream = decoder()
-    stream.skip_ids = {1, 3}
     [transaction] = feed(
         stream,
         relation(),
-        begin(1),
+        begin(1, xid=4242),
         insert(outbox_row(1)),
         insert(outbox_row(2)),
-        insert(outbox_row(3)),
         commit(1, 2),
     )
-    assert [event.id for event in transaction.events] == [2]
+    assert transaction.xid == 4242
+    assert [event.id for event in transaction.events] == [1, 2]
 
 
 def test_columns_after_the_ones_the_relay_reads_are_not_decoded() -> None:
