@@ -97,11 +97,14 @@ SELECT id, key FROM {outbox} WHERE state = 'parked'
 -- name: mark_sent
 UPDATE {outbox} SET state = 'sent', sent_at = now()
 WHERE id = ANY(%(ids)s::bigint[]) AND state = 'pending'
-RETURNING id
+
+-- name: existing_rows
+-- After a mark that matched fewer rows than it was given: which of them this session
+-- sees at all (the others' transactions may not be visible yet).
+SELECT id FROM {outbox} WHERE id = ANY(%(ids)s::bigint[])
 
 -- name: delete_sent
 DELETE FROM {outbox} WHERE id = ANY(%(ids)s::bigint[]) AND state = 'pending'
-RETURNING id
 
 -- name: record_failure
 UPDATE {outbox} SET attempts = attempts + 1, last_error = %(error)s

@@ -856,13 +856,24 @@ class WalSource:
         return missing
 
     async def _mark(self, ids: Sequence[int]) -> set[int]:
-        """Mark (or delete) the rows of sent events; the ids no pending row matched."""
+        """Mark (or delete) the rows of sent events; the ids of rows this session misses.
+
+        The hot path is one statement and its row count; only a short count reads which
+        rows are there (marked or deleted rows not visible as such are settled later by
+        `_wait_visible`'s snapshot check).
+        """
         name = "delete_sent" if self._settings.on_sent is OnSent.DELETE else "mark_sent"
+        array = id_array(ids)
         async with self._conn_lock:
             conn = self._require_conn()
-            cursor = await conn.execute(query("wal", name, self._names), {"ids": id_array(ids)})
-            matched = {row[0] for row in await cursor.fetchall()}
-        return {id_ for id_ in ids if id_ not in matched}
+            cursor = await conn.execute(query("wal", name, self._names), {"ids": array})
+            if cursor.rowcount >= len(ids):
+                return set()
+            cursor = await conn.execute(query("wal", "existing_rows", self._names), {"ids": array})
+            existing = {row[0] for row in await cursor.fetchall()}
+        if self._settings.on_sent is OnSent.DELETE:
+            existing = set()  # a row deleted just now is gone too: the snapshot decides
+        return {id_ for id_ in ids if id_ not in existing}
 
     async def _wait_visible(self, sent: Sequence[OutboxEvent], missing: set[int]) -> set[int]:
         """Retry the mark of rows it missed for a while; the ids still not visible.
