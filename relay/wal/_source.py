@@ -430,8 +430,12 @@ class StreamDecoder:
         slot_name: str,
         message_prefix: str = "",
         topic_template: str = "",
+        message_topics: frozenset[str] = frozenset(),
     ) -> None:
         self.schema = schema
+        #: The only topics a table-less message may publish to: a service that may call
+        #: pg_logical_emit_message must not reach every topic the relay can write.
+        self.message_topics = message_topics
         self.table = table
         self.slot_name = slot_name
         self.message_prefix = message_prefix
@@ -444,6 +448,10 @@ class StreamDecoder:
         #: True between a Begin and its Commit.
         self.in_transaction = False
         self.truncated = 0
+        #: The source's hand-overs in progress (shared): inserts of a transaction a
+        #: whole-table sweep saw are skipped undecoded (they are the sweep's).
+        self.handovers: list[HandOver] = []
+        self._rows_swept = False
         self._commit_lsn = 0
         self._xid = 0
         self._commit_time_us = 0
@@ -473,8 +481,10 @@ class StreamDecoder:
             kind = frame[_HEADER_SIZE]
             if kind == _INSERT:
                 shape = self.shape
-                if shape is not None and (
-                    _RELATION_ID.unpack_from(frame, _HEADER_SIZE + 1)[0] == shape.relation_id
+                if (
+                    shape is not None
+                    and not self._rows_swept
+                    and (_RELATION_ID.unpack_from(frame, _HEADER_SIZE + 1)[0] == shape.relation_id)
                 ):
                     row = read_insert_columns(frame, shape.width)
                     event = event_from_row(
@@ -489,6 +499,11 @@ class StreamDecoder:
                 self._commit_lsn, self._commit_time_us, self._xid = _BEGIN_BODY.unpack_from(
                     frame, _HEADER_SIZE + 1
                 )
+                if self.handovers:
+                    self._rows_swept = any(
+                        h.keys is None and h.swept(self._commit_lsn, self._xid)
+                        for h in self.handovers
+                    )
                 self.in_transaction = True
             elif kind == _COMMIT:
                 _flags, commit_lsn, end_lsn, commit_time_us = _COMMIT_BODY.unpack_from(
@@ -509,6 +524,7 @@ class StreamDecoder:
                 events.clear()
                 self._rejected.clear()
                 self.in_transaction = False
+                self._rows_swept = False
             else:
                 self._other(frame, kind)
 
@@ -548,6 +564,10 @@ class StreamDecoder:
                 slot_name=self.slot_name,
                 topic_template=self.topic_template,
             )
+            if event.topic not in self.message_topics:
+                raise EnvelopeError(  # noqa: TRY301 - parked like any unreadable envelope
+                    f"topic {event.topic!r} is not in message_topics (--message-topics)"
+                )
         except EnvelopeError as exc:
             self._rejected.append(
                 RejectedMessage(
@@ -666,6 +686,7 @@ class WalSource:
         #: The sweeps whose snapshot the stream has not passed yet: a streamed row of a
         #: transaction one of them saw is the sweep's (pending then) or settled.
         self._handovers: list[HandOver] = []
+        self._decoder.handovers = self._handovers
         #: Sent events whose mark found no row yet (their transaction was decoded but is
         #: not visible yet): their transactions stay unconfirmed until a mark finds them.
         self._unmarked: list[OutboxEvent] = []
@@ -689,6 +710,7 @@ class WalSource:
             slot_name=s.slot_name,
             message_prefix=s.message_prefix,
             topic_template=s.topic_template,
+            message_topics=message_topics(s),
         )
 
     # -- Source protocol ------------------------------------------------------------
@@ -1217,6 +1239,7 @@ class WalSource:
         self._unmarked.clear()
         self._sweep_state = None
         self._decoder = self._new_decoder()
+        self._decoder.handovers = self._handovers
         await self._connect()
 
     async def _disconnect(self) -> None:
@@ -1289,7 +1312,7 @@ class WalSource:
                     h for h in self._handovers if h.swept(transaction.commit_lsn, transaction.xid)
                 ]
                 if any(h.expired for h in self._handovers):
-                    self._handovers = [h for h in self._handovers if not h.expired]
+                    self._handovers[:] = [h for h in self._handovers if not h.expired]
             if events and (swept or park_keys):
                 events = await self._filter(transaction, swept)
             tracker.add(
@@ -1515,6 +1538,11 @@ class WalSource:
 
 
 _lsn_of: Final = operator.attrgetter("lsn")
+
+
+def message_topics(settings: Settings) -> frozenset[str]:
+    """The topics of ``--message-topics`` (a comma-separated list)."""
+    return frozenset(t.strip() for t in settings.message_topics.split(",") if t.strip())
 
 
 def parked_state(parked: dict[int, str | None]) -> tuple[set[int], set[str]]:
