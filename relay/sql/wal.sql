@@ -6,7 +6,11 @@ SELECT current_setting('wal_level') AS wal_level,
        (SELECT rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user)
            AS can_replicate,
        current_user AS role,
-       to_regclass({outbox_name}) IS NOT NULL AS outbox_exists
+       -- Exact names (to_regclass of a text would fold a mixed-case name to lower case).
+       EXISTS (
+           SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+           WHERE n.nspname = %(schema)s AND c.relname = %(table)s
+       ) AS outbox_exists
 
 -- name: publication
 SELECT p.pubinsert,

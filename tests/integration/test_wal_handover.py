@@ -209,3 +209,24 @@ async def test_a_table_less_message_over_the_payload_limit_is_parked(
     assert len(parked) < settings.max_payload_bytes
     assert f"{len(content)} bytes" in reason
     assert "sha256" in reason
+
+
+async def test_mixed_case_schema_table_and_slot_names_work(settings: Settings, topic: str) -> None:
+    """Names are quoted or compared exactly, never folded to lower case (slot names are
+    lower case by PostgreSQL's rule)."""
+    settings = wal_settings(settings, schema="Sales", table="OutBox", publication="Sales_Pub")
+    with psycopg.connect(settings.database_url, autocommit=True) as conn:
+        conn.execute('CREATE SCHEMA "Sales"')
+    migrate.apply(settings)
+    async with running_relay(settings, batch_size=10):
+        with psycopg.connect(settings.database_url) as conn:
+            for n in range(5):
+                conn.execute(
+                    'INSERT INTO "Sales"."OutBox" (topic, key, payload) VALUES (%s, %s, %s)',
+                    (topic, f"k{n % 2}", json.dumps({"n": n})),
+                )
+            conn.commit()
+        records = await consume(settings.bootstrap_servers, [topic], expected=5, idle_s=1)
+    assert_delivered(
+        records, outbox_rows(settings.database_url, table='"Sales"."OutBox"', where="true")
+    )
