@@ -65,7 +65,7 @@ def fill(url: str, events: int) -> None:
             count = min(FILL_CHUNK, events - start)
             conn.execute(
                 "INSERT INTO outbox (topic, key, payload) "
-                "SELECT 'bench', 'order-' || (i % 1000), "
+                "SELECT 'bench', 'order-' || (i %% 1000), "
                 "jsonb_build_object('n', i, 'sku', 'SKU-1', 'total', '149.90') "
                 "FROM generate_series(%s::int, %s::int) i",
                 (start + 1, start + count),

@@ -164,6 +164,30 @@ class RejectedMessage:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class UnreadableRow:
+    """An outbox row the relay cannot turn into a record; it is parked with the reason."""
+
+    id: int
+    key: str | None
+    reason: str
+
+
+#: What turning a row into a record may raise on content the relay cannot relay (JSON
+#: nested deeper than Python's parser goes, text that is not UTF-8, a bad bytea).
+UNREADABLE: Final = (ValueError, TypeError, RecursionError, UnicodeDecodeError)
+
+
+def unreadable_row(row_id: object, key: object, exc: BaseException) -> UnreadableRow:
+    """The `UnreadableRow` for a row whose conversion raised `exc`."""
+    text = key.decode(errors="replace") if isinstance(key, bytes) else key
+    return UnreadableRow(
+        int(row_id) if isinstance(row_id, (bytes, int, str)) else 0,
+        text if isinstance(text, str) else None,
+        f"cannot turn the row into a record: {type(exc).__name__}: {first_line(exc)[:200]}",
+    )
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class WalTransaction:
     """The outbox events of one committed transaction, in the order it wrote them."""
 
@@ -177,6 +201,7 @@ class WalTransaction:
     #: The transaction's (32-bit) xid, from its Begin: what `relay.wal._core.HandOver`
     #: checks against the sweep's snapshot.
     xid: int = 0
+    unreadable: tuple[UnreadableRow, ...] = ()
 
     @property
     def commit_time(self) -> dt.datetime:
@@ -457,6 +482,7 @@ class StreamDecoder:
         self._commit_time_us = 0
         self._events: list[OutboxEvent] = []
         self._rejected: list[RejectedMessage] = []
+        self._unreadable: list[UnreadableRow] = []
 
     def take_reply_request(self) -> bool:
         """Whether the server asked for a reply; resets the flag."""
@@ -487,12 +513,20 @@ class StreamDecoder:
                     and (_RELATION_ID.unpack_from(frame, _HEADER_SIZE + 1)[0] == shape.relation_id)
                 ):
                     row = read_insert_columns(frame, shape.width)
-                    event = event_from_row(
-                        shape,
-                        row,
-                        commit_lsn=self._commit_lsn,
-                        topic_template=self.topic_template,
-                    )
+                    try:
+                        event = event_from_row(
+                            shape,
+                            row,
+                            commit_lsn=self._commit_lsn,
+                            topic_template=self.topic_template,
+                        )
+                    except UNREADABLE as exc:
+                        # Parked, never a stream that fails on every reconnect.
+                        positions = shape.positions
+                        self._unreadable.append(
+                            unreadable_row(row[positions[0]], row[positions[3]], exc)
+                        )
+                        continue
                     if event is not None:
                         events.append(event)
             elif kind == _BEGIN:
@@ -519,10 +553,12 @@ class StreamDecoder:
                         tuple(events),
                         tuple(self._rejected) if self._rejected else (),
                         self._xid,
+                        tuple(self._unreadable) if self._unreadable else (),
                     )
                 )
                 events.clear()
                 self._rejected.clear()
+                self._unreadable.clear()
                 self.in_transaction = False
                 self._rows_swept = False
             else:
@@ -1133,15 +1169,12 @@ class WalSource:
                 },
             )
         rows = await cursor.fetchall()
-        park_keys = self._park_keys
-        for row in rows:
-            event = self._event_from_table(row)
-            if event.id in state.outstanding:
-                continue
-            if park_keys and event.key is not None and event.key in state.parked_keys:
-                continue  # waits behind a parked event, pending in the table
-            into.append(event)
-            state.swept += 1
+        unreadable = self._queue_swept(rows, state, into)
+        if unreadable:
+            try:
+                await self._park_unreadable(unreadable)
+            except ReplicationError as exc:
+                raise DatabaseError(str(exc)) from None
         if rows:
             state.after_id = rows[-1][0]
         if len(rows) == SWEEP_CHUNK:
@@ -1152,6 +1185,31 @@ class WalSource:
         if state.swept:
             log.info("pending rows queued from the table", events=state.swept)
         return False
+
+    def _queue_swept(
+        self,
+        rows: Sequence[Sequence[Any]],
+        state: _SweepState,
+        into: list[OutboxEvent] | collections.deque[OutboxEvent],
+    ) -> list[UnreadableRow]:
+        """Queue the events of swept rows; the rows that cannot become one."""
+        park_keys = self._park_keys
+        unreadable = []
+        for row in rows:
+            try:
+                event = self._event_from_table(row)
+            except UNREADABLE as exc:
+                unreadable.append(unreadable_row(row[0], row[3], exc))
+                if row[3] is not None:
+                    state.parked_keys.add(row[3])  # its key's later rows wait behind it
+                continue
+            if event.id in state.outstanding:
+                continue
+            if park_keys and event.key is not None and event.key in state.parked_keys:
+                continue  # waits behind a parked event, pending in the table
+            into.append(event)
+            state.swept += 1
+        return unreadable
 
     async def _continue_sweep(self) -> None:
         try:
@@ -1305,6 +1363,9 @@ class WalSource:
         for transaction in transactions:
             if transaction.rejected:
                 await self._park_rejected(transaction.rejected)
+            if transaction.unreadable:
+                await self._park_unreadable(transaction.unreadable)
+                park_keys = self._park_keys and self._parked_keys
             events = transaction.events
             swept: list[HandOver] = []
             if self._handovers:
@@ -1360,6 +1421,21 @@ class WalSource:
             )
         except psycopg.Error as exc:
             raise ReplicationError(f"cannot hold a table-less event: {first_line(exc)}") from None
+
+    async def _park_unreadable(self, rows: Sequence[UnreadableRow]) -> None:
+        """Park rows the relay cannot relay; their keys' later events wait behind them."""
+        conn = self._require_conn()
+        for row in rows:
+            log.error("unreadable outbox row parked", id=row.id, key=row.key, error=row.reason)
+            try:
+                await conn.execute(
+                    query("wal", "park_row", self._names), {"id": row.id, "error": row.reason}
+                )
+            except psycopg.Error as exc:
+                raise ReplicationError(f"cannot park a row: {first_line(exc)}") from None
+            self._parked_ids.add(row.id)
+            if row.key is not None:
+                self._parked_keys.add(row.key)
 
     async def _park_rejected(self, rejected: Sequence[RejectedMessage]) -> None:
         conn = self._require_conn()
