@@ -20,11 +20,18 @@ transaction only after its rows left the ``pending`` state, so a pending row is 
 still to be streamed (committed after the slot's confirmed position) or was missed by
 the stream (written before the slot existed, or the slot was lost). At every start the
 source first *sweeps* the pending rows visible in a snapshot, then streams: a row seen
-by both is published once (the stream skips ids the sweep published, until it passes
-the snapshot's WAL position). When the slot is created the sweep uses the snapshot
-the slot exported (``CREATE_REPLICATION_SLOT ... EXPORT_SNAPSHOT``), so nothing is
-seen twice and nothing falls between the two. With ``--on-sent none`` the table keeps
-no record of what was sent: there is no sweep, and a lost slot stops the relay.
+by both is published once: the stream drops the rows of every transaction the sweep's
+snapshot saw (`relay.wal._core.HandOver`; they were pending, so swept, or settled),
+until it passes the WAL position read with the snapshot. That needs no memory per swept
+row and no knowledge of earlier sessions: a source built after a PostgreSQL restart or a
+lost leadership session replays the slot without publishing what was marked sent. A
+release (an operator's ``retry``) sweeps only the released keys' rows the same way. A
+mark that matches fewer rows than it was given (a commit streamed before it is visible)
+keeps those transactions unconfirmed until a later mark finds the rows. When the slot
+is created the sweep uses the snapshot the slot exported
+(``CREATE_REPLICATION_SLOT ... EXPORT_SNAPSHOT``), so nothing is seen twice and nothing
+falls between the two. With ``--on-sent none`` the table keeps no record of what was
+sent: there is no sweep, and a lost slot stops the relay.
 
 **Table-less events** (``--message-prefix``): a service may write
 ``SELECT pg_logical_emit_message(true, '<prefix>', '<envelope>')`` in its transaction
