@@ -85,7 +85,7 @@ class StreamOnlySource(WalSource):
     to measure the streaming path itself.
     """
 
-    async def _sweep(self, snapshot_name: str | None, *, front: bool = False) -> None:  # noqa: ARG002
+    async def _sweep(self, snapshot_name: str | None, **_options: object) -> None:  # noqa: ARG002
         return
 
 

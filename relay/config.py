@@ -67,6 +67,8 @@ class Settings:
     slot_name: str = "outbox_relay"
     publication: str = "outbox_pub"
     message_prefix: str = ""
+    #: Comma-separated topics table-less messages may publish to (others are parked).
+    message_topics: str = ""
     heartbeat_interval: float = 10.0
     lock_id: int = 0
     http_port: int = 0
@@ -238,6 +240,11 @@ OPTIONS: Final[tuple[Option, ...]] = (
     Option(
         "message_prefix",
         "relay pg_logical_emit_message events with this prefix (wal mode; empty: off)",
+        _text,
+    ),
+    Option(
+        "message_topics",
+        "comma-separated topics table-less messages may publish to; others are parked",
         _text,
     ),
     Option(

@@ -164,7 +164,10 @@ async def check_and_prepare(conn: psycopg.AsyncConnection[Any], settings: Settin
     sql_names = names(settings)
     outbox = f"{settings.schema}.{settings.table}"
     async with conn.cursor(row_factory=dict_row) as cursor:
-        await cursor.execute(query("wal", "server_settings", sql_names))
+        await cursor.execute(
+            query("wal", "server_settings", sql_names),
+            {"schema": settings.schema, "table": settings.table},
+        )
         server = await cursor.fetchone()
         assert server is not None  # noqa: S101 - a SELECT without FROM returns one row
         if server["wal_level"] != "logical":

@@ -6,7 +6,11 @@ SELECT current_setting('wal_level') AS wal_level,
        (SELECT rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user)
            AS can_replicate,
        current_user AS role,
-       to_regclass({outbox_name}) IS NOT NULL AS outbox_exists
+       -- Exact names (to_regclass of a text would fold a mixed-case name to lower case).
+       EXISTS (
+           SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+           WHERE n.nspname = %(schema)s AND c.relname = %(table)s
+       ) AS outbox_exists
 
 -- name: publication
 SELECT p.pubinsert,
@@ -63,6 +67,14 @@ SELECT pg_logical_emit_message(false, 'outbox-relay-heartbeat', '')
 -- name: insert_position
 SELECT pg_current_wal_insert_lsn()::text
 
+-- name: sweep_snapshot
+-- Which transactions the sweep's snapshot sees, and a WAL position every one of them
+-- committed before: the hand-over rule between the table and the stream.
+SELECT pg_current_wal_insert_lsn()::text, pg_current_snapshot()::text
+
+-- name: current_snapshot
+SELECT pg_current_snapshot()::text
+
 -- name: pending_rows
 -- The hand-over and the fallback after a lost slot: the table is the truth.
 SELECT id, event_id::text, topic, key, payload::text, payload_bytes, headers::text,
@@ -72,12 +84,28 @@ WHERE state = 'pending' AND id > %(after_id)s
 ORDER BY id
 LIMIT %(limit)s
 
+-- name: pending_rows_of_keys
+-- After an operator's release: only the released keys' rows (and released rows
+-- without a key), in id order.
+SELECT id, event_id::text, topic, key, payload::text, payload_bytes, headers::text,
+       event_type, aggregate_type, created_at, attempts
+FROM {outbox}
+WHERE state = 'pending' AND id > %(after_id)s
+  AND (key = ANY(%(keys)s::text[]) OR (key IS NULL AND id = ANY(%(ids)s::bigint[])))
+ORDER BY id
+LIMIT %(limit)s
+
 -- name: parked_rows
 SELECT id, key FROM {outbox} WHERE state = 'parked'
 
 -- name: mark_sent
 UPDATE {outbox} SET state = 'sent', sent_at = now()
 WHERE id = ANY(%(ids)s::bigint[]) AND state = 'pending'
+
+-- name: existing_rows
+-- After a mark that matched fewer rows than it was given: which of them this session
+-- sees at all (the others' transactions may not be visible yet).
+SELECT id FROM {outbox} WHERE id = ANY(%(ids)s::bigint[])
 
 -- name: delete_sent
 DELETE FROM {outbox} WHERE id = ANY(%(ids)s::bigint[]) AND state = 'pending'

@@ -166,7 +166,8 @@ async def test_a_table_less_poison_event_is_parked_as_a_row_and_its_key_waits(
     settings: Settings, topic: str
 ) -> None:
     settings = dataclasses.replace(
-        wal_settings(settings, message_prefix="outbox"), kafka_max_request_size=2000
+        wal_settings(settings, message_prefix="outbox", message_topics=topic),
+        kafka_max_request_size=2000,
     )
 
     def emit(conn: psycopg.Connection[tuple[object, ...]], n: int, pad: int) -> None:

@@ -12,13 +12,13 @@ from collections.abc import AsyncIterator
 import psycopg
 import pytest
 
-from relay import wal
 from relay.config import Mode, OnSent, Settings
 from relay.kafka import KafkaPublisher
 from relay.loop import LoopConfig, RelayLoop
 from relay.metrics import Metrics
 from relay.slot import slot_status
 from relay.wal import WalSource
+from relay.wal import _source as wal
 from tests.support import Consumed, consume
 
 
@@ -137,7 +137,7 @@ async def test_rows_pending_before_the_slot_exists_are_published_exactly_once(
 
 
 async def test_table_less_messages_are_relayed(settings: Settings, topic: str) -> None:
-    settings = wal_settings(settings, message_prefix="outbox")
+    settings = wal_settings(settings, message_prefix="outbox", message_topics=topic)
     explicit_id = str(uuid.uuid4())
     async with running_relay(settings):
         with psycopg.connect(settings.database_url) as conn:

@@ -23,7 +23,9 @@ from relay.wal import (
     OUTBOX_COLUMNS,
     AckTracker,
     EnvelopeError,
+    HandOver,
     OutboxShape,
+    Snapshot,
     StreamDecoder,
     WalTransaction,
     _Fetched,
@@ -118,7 +120,13 @@ def message(prefix: str, content: bytes, lsn: int, *, transactional: bool = True
 
 
 def decoder(**options: str) -> StreamDecoder:
-    return StreamDecoder(schema="public", table="outbox", slot_name="slot", **options)
+    return StreamDecoder(
+        schema="public",
+        table="outbox",
+        slot_name="slot",
+        message_topics=frozenset({"orders"}),
+        **options,
+    )
 
 
 def feed(stream: StreamDecoder, *frames: bytes) -> list[WalTransaction]:
@@ -383,19 +391,18 @@ def test_relation_shape_follows_column_positions() -> None:
     assert shape.positions[0] == len(OUTBOX_COLUMNS)  # id is the last column here
 
 
-def test_rows_already_queued_from_the_table_are_skipped() -> None:
+def test_a_transaction_carries_its_xid_for_the_hand_over() -> None:
     stream = decoder()
-    stream.skip_ids = {1, 3}
     [transaction] = feed(
         stream,
         relation(),
-        begin(1),
+        begin(1, xid=4242),
         insert(outbox_row(1)),
         insert(outbox_row(2)),
-        insert(outbox_row(3)),
         commit(1, 2),
     )
-    assert [event.id for event in transaction.events] == [2]
+    assert transaction.xid == 4242
+    assert [event.id for event in transaction.events] == [1, 2]
 
 
 def test_columns_after_the_ones_the_relay_reads_are_not_decoded() -> None:
@@ -413,3 +420,29 @@ def test_a_truncated_insert_is_an_error_not_a_wrong_event() -> None:
     frame = insert(outbox_row(1))
     with pytest.raises(PgOutputError, match="truncated"):
         feed(stream, relation(), begin(1), frame[:-20])
+
+
+def test_inserts_of_a_transaction_the_sweep_saw_are_skipped_undecoded() -> None:
+    stream = decoder()
+    stream.handovers = [HandOver(Snapshot.parse("600:750:"), horizon=10_000)]
+    transactions = feed(
+        stream,
+        relation(),
+        begin(1, xid=700),  # the sweep's snapshot saw it: its rows are the sweep's
+        insert(outbox_row(1)),
+        commit(1, 2),
+        begin(3, xid=760),  # it did not: the stream's
+        insert(outbox_row(2)),
+        commit(3, 4),
+    )
+    assert [[event.id for event in t.events] for t in transactions] == [[], [2]]
+
+
+def test_a_message_to_a_topic_outside_the_allow_list_is_rejected_with_the_reason() -> None:
+    stream = decoder(message_prefix="outbox")
+    envelope = json.dumps({"topic": "payments", "key": "a", "payload": {"n": 1}}).encode()
+    [transaction] = feed(stream, begin(1), message("outbox", envelope, 1), commit(1, 2))
+    assert transaction.events == ()
+    [rejected] = transaction.rejected
+    assert "'payments' is not in message_topics" in rejected.reason
+    assert rejected.content == envelope

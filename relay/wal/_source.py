@@ -20,11 +20,18 @@ transaction only after its rows left the ``pending`` state, so a pending row is 
 still to be streamed (committed after the slot's confirmed position) or was missed by
 the stream (written before the slot existed, or the slot was lost). At every start the
 source first *sweeps* the pending rows visible in a snapshot, then streams: a row seen
-by both is published once (the stream skips ids the sweep published, until it passes
-the snapshot's WAL position). When the slot is created the sweep uses the snapshot
-the slot exported (``CREATE_REPLICATION_SLOT ... EXPORT_SNAPSHOT``), so nothing is
-seen twice and nothing falls between the two. With ``--on-sent none`` the table keeps
-no record of what was sent: there is no sweep, and a lost slot stops the relay.
+by both is published once: the stream drops the rows of every transaction the sweep's
+snapshot saw (`relay.wal._core.HandOver`; they were pending, so swept, or settled),
+until it passes the WAL position read with the snapshot. That needs no memory per swept
+row and no knowledge of earlier sessions: a source built after a PostgreSQL restart or a
+lost leadership session replays the slot without publishing what was marked sent. A
+release (an operator's ``retry``) sweeps only the released keys' rows the same way. A
+mark that matches fewer rows than it was given (a commit streamed before it is visible)
+keeps those transactions unconfirmed until a later mark finds the rows. When the slot
+is created the sweep uses the snapshot the slot exported
+(``CREATE_REPLICATION_SLOT ... EXPORT_SNAPSHOT``), so nothing is seen twice and nothing
+falls between the two. With ``--on-sent none`` the table keeps no record of what was
+sent: there is no sweep, and a lost slot stops the relay.
 
 **Table-less events** (``--message-prefix``): a service may write
 ``SELECT pg_logical_emit_message(true, '<prefix>', '<envelope>')`` in its transaction
@@ -108,6 +115,7 @@ from relay.slot import (
 from relay.slot import names as slot_names
 from relay.source import Backlog
 from relay.sql import query
+from relay.wal._core import AckTracker, HandOver, Snapshot, parked_copy
 
 log = structlog.get_logger("relay.wal")
 
@@ -163,6 +171,30 @@ class RejectedMessage:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class UnreadableRow:
+    """An outbox row the relay cannot turn into a record; it is parked with the reason."""
+
+    id: int
+    key: str | None
+    reason: str
+
+
+#: What turning a row into a record may raise on content the relay cannot relay (JSON
+#: nested deeper than Python's parser goes, text that is not UTF-8, a bad bytea).
+UNREADABLE: Final = (ValueError, TypeError, RecursionError, UnicodeDecodeError)
+
+
+def unreadable_row(row_id: object, key: object, exc: BaseException) -> UnreadableRow:
+    """The `UnreadableRow` for a row whose conversion raised `exc`."""
+    text = key.decode(errors="replace") if isinstance(key, bytes) else key
+    return UnreadableRow(
+        int(row_id) if isinstance(row_id, (bytes, int, str)) else 0,
+        text if isinstance(text, str) else None,
+        f"cannot turn the row into a record: {type(exc).__name__}: {first_line(exc)[:200]}",
+    )
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class WalTransaction:
     """The outbox events of one committed transaction, in the order it wrote them."""
 
@@ -173,6 +205,10 @@ class WalTransaction:
     commit_time_us: int
     events: tuple[OutboxEvent, ...]
     rejected: tuple[RejectedMessage, ...] = ()
+    #: The transaction's (32-bit) xid, from its Begin: what `relay.wal._core.HandOver`
+    #: checks against the sweep's snapshot.
+    xid: int = 0
+    unreadable: tuple[UnreadableRow, ...] = ()
 
     @property
     def commit_time(self) -> dt.datetime:
@@ -426,8 +462,12 @@ class StreamDecoder:
         slot_name: str,
         message_prefix: str = "",
         topic_template: str = "",
+        message_topics: frozenset[str] = frozenset(),
     ) -> None:
         self.schema = schema
+        #: The only topics a table-less message may publish to: a service that may call
+        #: pg_logical_emit_message must not reach every topic the relay can write.
+        self.message_topics = message_topics
         self.table = table
         self.slot_name = slot_name
         self.message_prefix = message_prefix
@@ -440,12 +480,16 @@ class StreamDecoder:
         #: True between a Begin and its Commit.
         self.in_transaction = False
         self.truncated = 0
-        #: Ids of rows already queued from the table: their inserts are skipped.
-        self.skip_ids: set[int] = set()
+        #: The source's hand-overs in progress (shared): inserts of a transaction a
+        #: whole-table sweep saw are skipped undecoded (they are the sweep's).
+        self.handovers: list[HandOver] = []
+        self._rows_swept = False
         self._commit_lsn = 0
+        self._xid = 0
         self._commit_time_us = 0
         self._events: list[OutboxEvent] = []
         self._rejected: list[RejectedMessage] = []
+        self._unreadable: list[UnreadableRow] = []
 
     def take_reply_request(self) -> bool:
         """Whether the server asked for a reply; resets the flag."""
@@ -463,7 +507,6 @@ class StreamDecoder:
         # The hot loop: three frames per single-row transaction. Begin, Commit and the
         # outbox's inserts are handled inline; everything else is rare.
         events = self._events
-        skip_ids = self.skip_ids
         for frame in frames:
             if frame[0] != _XLOGDATA:
                 self._keepalive(frame)
@@ -471,29 +514,37 @@ class StreamDecoder:
             kind = frame[_HEADER_SIZE]
             if kind == _INSERT:
                 shape = self.shape
-                if shape is not None and (
-                    _RELATION_ID.unpack_from(frame, _HEADER_SIZE + 1)[0] == shape.relation_id
+                if (
+                    shape is not None
+                    and not self._rows_swept
+                    and (_RELATION_ID.unpack_from(frame, _HEADER_SIZE + 1)[0] == shape.relation_id)
                 ):
-                    if skip_ids:
-                        # After a sweep: most rows were published from the table; read
-                        # up to the id only to find out.
-                        id_at = shape.positions[0]
-                        head = read_insert_columns(frame, id_at + 1)
-                        if int(head[id_at] or 0) in skip_ids:
-                            continue
                     row = read_insert_columns(frame, shape.width)
-                    event = event_from_row(
-                        shape,
-                        row,
-                        commit_lsn=self._commit_lsn,
-                        topic_template=self.topic_template,
-                    )
+                    try:
+                        event = event_from_row(
+                            shape,
+                            row,
+                            commit_lsn=self._commit_lsn,
+                            topic_template=self.topic_template,
+                        )
+                    except UNREADABLE as exc:
+                        # Parked, never a stream that fails on every reconnect.
+                        positions = shape.positions
+                        self._unreadable.append(
+                            unreadable_row(row[positions[0]], row[positions[3]], exc)
+                        )
+                        continue
                     if event is not None:
                         events.append(event)
             elif kind == _BEGIN:
-                self._commit_lsn, self._commit_time_us, _xid = _BEGIN_BODY.unpack_from(
+                self._commit_lsn, self._commit_time_us, self._xid = _BEGIN_BODY.unpack_from(
                     frame, _HEADER_SIZE + 1
                 )
+                if self.handovers:
+                    self._rows_swept = any(
+                        h.keys is None and h.swept(self._commit_lsn, self._xid)
+                        for h in self.handovers
+                    )
                 self.in_transaction = True
             elif kind == _COMMIT:
                 _flags, commit_lsn, end_lsn, commit_time_us = _COMMIT_BODY.unpack_from(
@@ -508,11 +559,15 @@ class StreamDecoder:
                         commit_time_us,
                         tuple(events),
                         tuple(self._rejected) if self._rejected else (),
+                        self._xid,
+                        tuple(self._unreadable) if self._unreadable else (),
                     )
                 )
                 events.clear()
                 self._rejected.clear()
+                self._unreadable.clear()
                 self.in_transaction = False
+                self._rows_swept = False
             else:
                 self._other(frame, kind)
 
@@ -552,6 +607,10 @@ class StreamDecoder:
                 slot_name=self.slot_name,
                 topic_template=self.topic_template,
             )
+            if event.topic not in self.message_topics:
+                raise EnvelopeError(  # noqa: TRY301 - parked like any unreadable envelope
+                    f"topic {event.topic!r} is not in message_topics (--message-topics)"
+                )
         except EnvelopeError as exc:
             self._rejected.append(
                 RejectedMessage(
@@ -563,77 +622,6 @@ class StreamDecoder:
             )
             return
         self._events.append(event)
-
-
-class AckTracker:
-    """Which WAL position the slot may confirm, given what is done. Pure, no I/O.
-
-    Transactions enter in commit order with the number of their events; `done` counts
-    events off (acknowledged by Kafka and settled in the table). `confirmable` is the
-    end LSN of the last transaction such that it and every earlier one are done.
-    """
-
-    def __init__(self, confirmed: int = 0) -> None:
-        # [commit_lsn, end_lsn, events left, commit time in µs], oldest first.
-        self._open: collections.deque[list[int]] = collections.deque()
-        self._by_commit: dict[int, list[int]] = {}
-        self.confirmed = confirmed
-        self._pending_events = 0
-
-    def add(self, commit_lsn: int, end_lsn: int, events: int, commit_time_us: int = 0) -> None:
-        """Register a committed transaction with `events` events still to settle."""
-        entry = [commit_lsn, end_lsn, events, commit_time_us]
-        self._open.append(entry)
-        if events:
-            self._by_commit[commit_lsn] = entry
-            self._pending_events += events
-
-    def done(self, commit_lsn: int, events: int = 1) -> None:
-        """Count `events` of the transaction that committed at `commit_lsn` as settled."""
-        entry = self._by_commit.get(commit_lsn)
-        if entry is None:
-            return  # swept rows (lsn 0) and transactions from before a reconnect
-        settled = min(events, entry[2])
-        entry[2] -= settled
-        self._pending_events -= settled
-        if entry[2] == 0:
-            del self._by_commit[commit_lsn]
-
-    @property
-    def idle(self) -> bool:
-        """True when no registered transaction has events left to settle."""
-        return self._pending_events == 0
-
-    @property
-    def pending_events(self) -> int:
-        """Events registered and not yet settled."""
-        return self._pending_events
-
-    def confirmable(self) -> int:
-        """Advance past every leading done transaction; the position safe to confirm."""
-        queue = self._open
-        while queue and queue[0][2] == 0:
-            end_lsn = queue.popleft()[1]
-            self.confirmed = max(self.confirmed, end_lsn)
-        return self.confirmed
-
-    def oldest_commit_time_us(self) -> int | None:
-        """Commit time of the oldest transaction not yet confirmable, if any."""
-        for entry in self._open:
-            if entry[2]:
-                return entry[3]
-        return None
-
-    def idle_position(self, server_position: int) -> None:
-        """With nothing open, the server's position is safe too (no bloat when idle)."""
-        if not self._open:
-            self.confirmed = max(self.confirmed, server_position)
-
-    def reset(self) -> None:
-        """Forget open transactions (a new stream will send them again)."""
-        self._open.clear()
-        self._by_commit.clear()
-        self._pending_events = 0
 
 
 # --- The source -----------------------------------------------------------------------
@@ -652,6 +640,12 @@ LAG_REFRESH_S: Final = 5.0
 LAG_LOG_S: Final = 60.0
 #: Rows read per query by a sweep of pending rows.
 SWEEP_CHUNK: Final = 5000
+#: How long a mark that missed rows retries before it leaves their transaction
+#: unconfirmed (and retries again with the next acknowledgement and status update).
+MARK_VISIBLE_WAIT_S: Final = 1.0
+MARK_RETRY_S: Final = 0.02
+#: Seconds `WalSource.stop` may take; a hung server must not hang the shutdown.
+STOP_TIMEOUT_S: Final = 5.0
 
 
 class SlotLostError(RelayError):
@@ -697,6 +691,10 @@ class _SweepState:
     #: Ids already queued or in flight from the stream: not queued twice.
     outstanding: set[int]
     parked_keys: set[str]
+    #: Only these keys' rows (a release), or every pending row.
+    keys: frozenset[str] | None = None
+    #: Released rows without a key (a release).
+    ids: list[int] = dataclasses.field(default_factory=list)
     after_id: int = 0
     swept: int = 0
 
@@ -728,14 +726,13 @@ class WalSource:
         self._has_events = asyncio.Event()
         self._room = asyncio.Event()
         self._room.set()
-        #: Ids the last sweep published: the stream skips them (they are in flight).
-        self._swept_ids: set[int] = set()
-        self._decoder.skip_ids = self._swept_ids
-        self._swept_horizon = 0
-        #: After a reconnect, transactions up to here were seen before: their rows
-        #: are either settled or pending (and then swept), never streamed again.
-        self._replay_until = 0
-        self._highest_end = 0
+        #: The sweeps whose snapshot the stream has not passed yet: a streamed row of a
+        #: transaction one of them saw is the sweep's (pending then) or settled.
+        self._handovers: list[HandOver] = []
+        self._decoder.handovers = self._handovers
+        #: Sent events whose mark found no row yet (their transaction was decoded but is
+        #: not visible yet): their transactions stay unconfirmed until a mark finds them.
+        self._unmarked: list[OutboxEvent] = []
         self._parked_ids: set[int] = set()
         self._parked_keys: set[str] = set()
         self._parked_checked_s = 0.0
@@ -756,6 +753,7 @@ class WalSource:
             slot_name=s.slot_name,
             message_prefix=s.message_prefix,
             topic_template=s.topic_template,
+            message_topics=message_topics(s),
         )
 
     # -- Source protocol ------------------------------------------------------------
@@ -763,13 +761,23 @@ class WalSource:
     async def start(self) -> None:
         """Connect, check the server, create what is missing, sweep, start streaming."""
         await self._connect()
-        self._side_tasks = [
-            asyncio.create_task(self._status_loop(), name="wal-status"),
-            asyncio.create_task(self._heartbeat_loop(), name="wal-heartbeat"),
-        ]
+        self._side_tasks = [self._side_task("wal-status"), self._side_task("wal-heartbeat")]
+
+    def _supervise(self) -> None:
+        """Restart a side task that ended (it must run as long as the source does)."""
+        for index, task in enumerate(self._side_tasks):
+            if not task.done():
+                continue
+            error = None if task.cancelled() else task.exception()
+            log.error("wal side task ended; restarting it", task=task.get_name(), error=str(error))
+            self._side_tasks[index] = self._side_task(task.get_name())
+
+    def _side_task(self, name: str) -> asyncio.Task[None]:
+        loop = self._status_loop() if name == "wal-status" else self._heartbeat_loop()
+        return asyncio.create_task(loop, name=name)
 
     async def stop(self) -> None:
-        """Send the last confirmed position and disconnect; the slot stays."""
+        """Send the last confirmed position and disconnect, in `STOP_TIMEOUT_S` at most."""
         for task in self._side_tasks:
             task.cancel()
         for task in self._side_tasks:
@@ -778,16 +786,27 @@ class WalSource:
         self._side_tasks = []
         with contextlib.suppress(ReplicationError):
             self._send_status(force=True)
-        async with self._conn_lock:
-            await self._disconnect()
+        try:
+            async with asyncio.timeout(STOP_TIMEOUT_S):
+                async with self._conn_lock:
+                    await self._disconnect()
+        except TimeoutError:
+            log.warning("disconnecting from PostgreSQL timed out", timeout_s=STOP_TIMEOUT_S)
 
     async def fetch(self, max_events: int) -> Sequence[OutboxEvent]:
-        """The next events in commit order; reconnects first after a broken stream."""
-        conn = self._conn
+        """The next events in commit order; reconnects first after a broken stream.
+
+        Cancel-safe: an event leaves the queue only at a point where no await follows
+        before it is returned, or is put back in front when one fails.
+        """
+        self._supervise()
+        conn, sweep_conn = self._conn, self._sweep_conn
         if (
             self._replication is None
             or conn is None
             or conn.broken
+            or sweep_conn is None
+            or sweep_conn.broken
             or (self._broken is not None and not self._queue)
         ):
             await self._reconnect()
@@ -796,12 +815,12 @@ class WalSource:
         elif self._track_rows and time.monotonic() - self._parked_checked_s > PARKED_REFRESH_S:
             await self._refresh_parked()
         queue = self._queue
-        count = min(max_events, len(queue))
-        if not count:
+        if not queue:
             return ()
-        batch = [queue.popleft() for _ in range(count)]
         if self._park_keys and self._parked_keys:
-            batch = await self._hold_parked_keys(batch, max_events)
+            batch = await self._hold_parked_keys(max_events)
+        else:
+            batch = [queue.popleft() for _ in range(min(max_events, len(queue)))]
         if not queue:
             self._has_events.clear()
         if len(queue) < MAX_QUEUED_EVENTS and self._sweep_state is None:
@@ -809,9 +828,7 @@ class WalSource:
         self._fetched.events.extend(batch)
         return batch
 
-    async def _hold_parked_keys(
-        self, batch: list[OutboxEvent], max_events: int
-    ) -> list[OutboxEvent]:
+    async def _hold_parked_keys(self, max_events: int) -> list[OutboxEvent]:
         """Leave out events whose key waits behind a parked event (``--poison park``).
 
         A held row stays pending in the table, and the sweep after an operator's release
@@ -821,16 +838,22 @@ class WalSource:
         kept: list[OutboxEvent] = []
         parked_keys = self._parked_keys
         queue = self._queue
-        while batch:
-            for event in batch:
+        try:
+            while queue and len(kept) < max_events:
+                event = queue[0]
                 if event.key is None or event.key not in parked_keys:
-                    kept.append(event)
+                    kept.append(queue.popleft())
                     continue
                 if not event.id:
+                    # Before the event leaves the queue: cancelled here, it stays queued
+                    # (the insert is idempotent: ON CONFLICT (event_id) DO NOTHING).
                     await self._hold_message(event)
+                queue.popleft()
                 if event.lsn and self._counts(event):
                     self._tracker.done(event.lsn)
-            batch = [queue.popleft() for _ in range(min(max_events - len(kept), len(queue)))]
+        except BaseException:
+            queue.extendleft(reversed(kept))
+            raise
         return kept
 
     async def wait(self, timeout_s: float) -> None:
@@ -845,21 +868,22 @@ class WalSource:
         """Settle rows in the table, then let the slot confirm what is fully settled."""
         fetched = self._fetched
         settled = fetched.settled
-        sent = acknowledgement.sent
-        ids = [event.id for event in sent if event.id]
+        sent: Sequence[OutboxEvent] = acknowledgement.sent
         try:
-            # The lock keeps a reconnect (fetch runs beside us) from closing the
-            # connection under a statement, which would then wait forever.
-            async with self._conn_lock:
-                conn = self._require_conn()
-                if ids and self._track_rows:
-                    name = "delete_sent" if self._settings.on_sent is OnSent.DELETE else "mark_sent"
-                    await conn.execute(query("wal", name, self._names), {"ids": id_array(ids)})
-                for failed in acknowledgement.failed:
-                    await self._record_failure(conn, failed)
+            missing = await self._settle_in_table(acknowledgement)
         except psycopg.Error as exc:
             raise DatabaseError(f"cannot settle events: {first_line(exc)}") from None
         settled.update(map(id, sent))
+        if missing:
+            unmarked = [event for event in sent if event.id in missing]
+            log.warning(
+                "sent events not visible in the table yet (their commit waits, e.g. for a "
+                "synchronous standby): the slot does not confirm them until they are marked",
+                events=len(unmarked),
+                first_id=unmarked[0].id,
+            )
+            self._unmarked.extend(unmarked)
+            sent = [event for event in sent if event.id not in missing]
         done = self._settled_per_transaction(sent)
         for failed in acknowledgement.failed:
             if failed.park:
@@ -876,6 +900,89 @@ class WalSource:
                 self._tracker.done(lsn, count)
         fetched.prune()
         self._send_status()
+
+    async def _settle_in_table(self, acknowledgement: Acknowledgement) -> set[int]:
+        """Mark the sent rows, record the failures; the ids of sent rows not visible yet."""
+        sent = acknowledgement.sent
+        ids = [event.id for event in sent if event.id]
+        missing: set[int] = set()
+        if self._unmarked:
+            await self._retry_unmarked()
+        if ids and self._track_rows:
+            missing = await self._mark(ids)
+        # The lock keeps a reconnect (fetch runs beside us) from closing the
+        # connection under a statement, which would then wait forever.
+        async with self._conn_lock:
+            conn = self._require_conn()
+            for failed in acknowledgement.failed:
+                await self._record_failure(conn, failed)
+        if missing:
+            missing = await self._wait_visible(sent, missing)
+        return missing
+
+    async def _mark(self, ids: Sequence[int]) -> set[int]:
+        """Mark (or delete) the rows of sent events; the ids of rows this session misses.
+
+        The hot path is one statement and its row count; only a short count reads which
+        rows are there (marked or deleted rows not visible as such are settled later by
+        `_wait_visible`'s snapshot check).
+        """
+        name = "delete_sent" if self._settings.on_sent is OnSent.DELETE else "mark_sent"
+        array = id_array(ids)
+        async with self._conn_lock:
+            conn = self._require_conn()
+            cursor = await conn.execute(query("wal", name, self._names), {"ids": array})
+            if cursor.rowcount >= len(ids):
+                return set()
+            cursor = await conn.execute(query("wal", "existing_rows", self._names), {"ids": array})
+            existing = {row[0] for row in await cursor.fetchall()}
+        if self._settings.on_sent is OnSent.DELETE:
+            existing = set()  # a row deleted just now is gone too: the snapshot decides
+        return {id_ for id_ in ids if id_ not in existing}
+
+    async def _wait_visible(self, sent: Sequence[OutboxEvent], missing: set[int]) -> set[int]:
+        """Retry the mark of rows it missed for a while; the ids still not visible.
+
+        A transaction is decoded and streamed once its commit record is flushed, but
+        other sessions see it only later (after a synchronous standby confirmed it, and
+        for a short moment always): a mark then matches no row. A row whose transaction
+        is visible and that the mark still misses was settled otherwise (an operator's
+        skip, a delete): it is done.
+        """
+        deadline = time.monotonic() + MARK_VISIBLE_WAIT_S
+        while missing and time.monotonic() < deadline:
+            await asyncio.sleep(MARK_RETRY_S)
+            missing = await self._mark(sorted(missing))
+        if not missing:
+            return missing
+        async with self._conn_lock:
+            cursor = await self._require_conn().execute(query("wal", "current_snapshot", {}))
+            row = await cursor.fetchone()
+        assert row is not None  # noqa: S101 - one row, always
+        snapshot = Snapshot.parse(row[0])
+        tracker = self._tracker
+        invisible = set()
+        for event in sent:
+            if event.id in missing:
+                xid = tracker.xid_of(event.lsn) if event.lsn else None
+                if xid is not None and not snapshot.sees(xid):
+                    invisible.add(event.id)
+        return invisible
+
+    async def _retry_unmarked(self) -> None:
+        """Mark the sent events whose rows were not visible; count those done."""
+        unmarked = self._unmarked
+        missing = await self._mark(sorted({event.id for event in unmarked}))
+        if missing:
+            missing = await self._wait_visible(unmarked, missing)
+        done = [event for event in unmarked if event.id not in missing]
+        if not done:
+            return
+        self._unmarked = [event for event in unmarked if event.id in missing]
+        log.info("sent events marked once visible", events=len(done))
+        for lsn, count in collections.Counter(map(_lsn_of, done)).items():
+            if lsn:
+                self._tracker.done(lsn, count)
 
     def _settled_per_transaction(self, sent: Sequence[OutboxEvent]) -> collections.Counter[int]:
         """Sent events per commit LSN, leaving out stale copies from before a reconnect."""
@@ -993,18 +1100,25 @@ class WalSource:
             slot=settings.slot_name,
             publication=settings.publication,
             start_lsn=format_lsn(start_lsn),
-            swept=len(self._swept_ids),
         )
 
     _had_slot = False
 
-    async def _sweep(self, snapshot_name: str | None, *, front: bool = False) -> None:
+    async def _sweep(
+        self,
+        snapshot_name: str | None,
+        *,
+        front: bool = False,
+        keys: frozenset[str] | None = None,
+        ids: Iterable[int] = (),
+    ) -> None:
         """Start queueing the pending rows visible in a snapshot (the slot's, or a new one).
 
         The rows are read in chunks as the loop consumes them, in one REPEATABLE READ
         transaction; the stream waits until the last chunk is queued, so every swept row
         goes before what the stream brings. With `front`, the rows go all at once ahead
-        of what is queued (released rows are older than anything in the queue).
+        of what is queued (released rows are older than anything in the queue), and only
+        the rows of the released `keys` are read.
         """
         conn = self._sweep_conn
         assert conn is not None  # noqa: S101 - connected by the caller
@@ -1016,15 +1130,19 @@ class WalSource:
                 sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot_name))
             )
         parked = await self._read_parked(conn)
-        # Every row this snapshot sees committed before this position: once the stream
-        # is past it, no streamed row can be a swept one and the ids can go.
-        cursor = await conn.execute(query("wal", "insert_position", {}))
+        # Every transaction this snapshot sees committed before this position: once the
+        # stream is past it, no streamed row can be a swept one.
+        cursor = await conn.execute(query("wal", "sweep_snapshot", {}))
         position = await cursor.fetchone()
-        if position is not None:
-            self._swept_horizon = max(self._swept_horizon, parse_lsn(position[0]))
+        assert position is not None  # noqa: S101 - one row, always
+        self._handovers.append(
+            HandOver(Snapshot.parse(position[1]), parse_lsn(position[0]), keys=keys)
+        )
         self._parked_ids, self._parked_keys = parked_state(parked)
         self._parked_checked_s = time.monotonic()
-        self._sweep_state = _SweepState(outstanding, set(self._parked_keys))
+        self._sweep_state = _SweepState(
+            outstanding, set(self._parked_keys), keys=keys, ids=sorted(ids)
+        )
         self._room.clear()
         if front:
             swept: list[OutboxEvent] = []
@@ -1042,22 +1160,28 @@ class WalSource:
         state = self._sweep_state
         assert conn is not None  # noqa: S101 - a sweep runs on an open connection
         assert state is not None  # noqa: S101
-        cursor = await conn.execute(
-            query("wal", "pending_rows", self._names),
-            {"after_id": state.after_id, "limit": SWEEP_CHUNK},
-        )
+        if state.keys is None:
+            cursor = await conn.execute(
+                query("wal", "pending_rows", self._names),
+                {"after_id": state.after_id, "limit": SWEEP_CHUNK},
+            )
+        else:
+            cursor = await conn.execute(
+                query("wal", "pending_rows_of_keys", self._names),
+                {
+                    "after_id": state.after_id,
+                    "limit": SWEEP_CHUNK,
+                    "keys": sorted(state.keys),
+                    "ids": id_array(state.ids),
+                },
+            )
         rows = await cursor.fetchall()
-        park_keys = self._park_keys
-        swept_ids = self._swept_ids
-        for row in rows:
-            event = self._event_from_table(row)
-            if event.id in state.outstanding:
-                continue
-            if park_keys and event.key is not None and event.key in state.parked_keys:
-                continue  # waits behind a parked event, pending in the table
-            swept_ids.add(event.id)
-            into.append(event)
-            state.swept += 1
+        unreadable = self._queue_swept(rows, state, into)
+        if unreadable:
+            try:
+                await self._park_unreadable(unreadable)
+            except ReplicationError as exc:
+                raise DatabaseError(str(exc)) from None
         if rows:
             state.after_id = rows[-1][0]
         if len(rows) == SWEEP_CHUNK:
@@ -1068,6 +1192,31 @@ class WalSource:
         if state.swept:
             log.info("pending rows queued from the table", events=state.swept)
         return False
+
+    def _queue_swept(
+        self,
+        rows: Sequence[Sequence[Any]],
+        state: _SweepState,
+        into: list[OutboxEvent] | collections.deque[OutboxEvent],
+    ) -> list[UnreadableRow]:
+        """Queue the events of swept rows; the rows that cannot become one."""
+        park_keys = self._park_keys
+        unreadable = []
+        for row in rows:
+            try:
+                event = self._event_from_table(row)
+            except UNREADABLE as exc:
+                unreadable.append(unreadable_row(row[0], row[3], exc))
+                if row[3] is not None:
+                    state.parked_keys.add(row[3])  # its key's later rows wait behind it
+                continue
+            if event.id in state.outstanding:
+                continue
+            if park_keys and event.key is not None and event.key in state.parked_keys:
+                continue  # waits behind a parked event, pending in the table
+            into.append(event)
+            state.swept += 1
+        return unreadable
 
     async def _continue_sweep(self) -> None:
         try:
@@ -1090,12 +1239,20 @@ class WalSource:
             raise DatabaseError(f"cannot read parked events: {first_line(exc)}") from None
         self._parked_checked_s = time.monotonic()
         parked_ids, parked_keys = parked_state(parked)
-        released = (self._parked_ids - parked_ids) or (self._parked_keys - parked_keys)
+        released_keys = frozenset(self._parked_keys - parked_keys)
+        released_ids = self._parked_ids - parked_ids
         self._parked_ids, self._parked_keys = parked_ids, parked_keys
-        if released:
-            log.info("parked events released; publishing pending rows again", events=len(released))
+        if released_keys or released_ids:
+            # Only the released keys' rows (and released rows without a key): every
+            # later event of a released key waited in the table, so none is queued, and
+            # rows of other keys are left to the stream, in its order.
+            log.info(
+                "parked events released; publishing their keys' pending rows",
+                events=len(released_ids),
+                keys=len(released_keys),
+            )
             try:
-                await self._sweep(None, front=True)
+                await self._sweep(None, front=True, keys=released_keys, ids=released_ids)
             except psycopg.Error as exc:
                 raise DatabaseError(f"cannot read pending events: {first_line(exc)}") from None
 
@@ -1127,11 +1284,11 @@ class WalSource:
         async with self._conn_lock:
             await self._disconnect()
         # What the old stream delivered comes again: forget it, the table and the
-        # slot say what is still due. With --on-sent none the table says nothing (no
-        # sweep): the replay is the only copy of the events queued and not yet fetched,
-        # so nothing is skipped (those settled but not yet confirmed come twice).
-        if self._track_rows:
-            self._replay_until = max(self._replay_until, self._highest_end)
+        # slot say what is still due (the new sweep's snapshot sees every transaction
+        # the old stream delivered: their rows are pending, and swept, or settled). With
+        # --on-sent none the table says nothing (no sweep): the replay is the only copy
+        # of the events queued and not yet fetched, so nothing is skipped (those settled
+        # but not yet confirmed come twice).
         fetched = self._fetched
         self._stale = {}
         for event in fetched.events:
@@ -1143,10 +1300,11 @@ class WalSource:
         self._queue.clear()
         self._has_events.clear()
         self._room.set()
-        self._swept_ids.clear()
+        self._handovers.clear()
+        self._unmarked.clear()
         self._sweep_state = None
         self._decoder = self._new_decoder()
-        self._decoder.skip_ids = self._swept_ids
+        self._decoder.handovers = self._handovers
         await self._connect()
 
     async def _disconnect(self) -> None:
@@ -1208,32 +1366,42 @@ class WalSource:
         """Queue the events of committed transactions and register them for confirming."""
         queue = self._queue
         tracker = self._tracker
-        swept = self._swept_ids
-        replay_until = self._replay_until
         park_keys = self._park_keys and self._parked_keys
         for transaction in transactions:
-            self._highest_end = max(self._highest_end, transaction.end_lsn)
-            if swept and transaction.commit_lsn > self._swept_horizon:
-                swept.clear()
             if transaction.rejected:
                 await self._park_rejected(transaction.rejected)
+            if transaction.unreadable:
+                await self._park_unreadable(transaction.unreadable)
+                park_keys = self._park_keys and self._parked_keys
             events = transaction.events
-            if events and (swept or park_keys or transaction.commit_lsn < replay_until):
-                events = await self._filter(transaction)
+            swept: list[HandOver] = []
+            if self._handovers:
+                swept = [
+                    h for h in self._handovers if h.swept(transaction.commit_lsn, transaction.xid)
+                ]
+                if any(h.expired for h in self._handovers):
+                    self._handovers[:] = [h for h in self._handovers if not h.expired]
+            if events and (swept or park_keys):
+                events = await self._filter(transaction, swept)
             tracker.add(
-                transaction.commit_lsn, transaction.end_lsn, len(events), transaction.commit_time_us
+                transaction.commit_lsn,
+                transaction.end_lsn,
+                len(events),
+                transaction.commit_time_us,
+                transaction.xid,
             )
             if events:
                 queue.extend(events)
         if queue:
             self._has_events.set()
 
-    async def _filter(self, transaction: WalTransaction) -> tuple[OutboxEvent, ...]:
+    async def _filter(
+        self, transaction: WalTransaction, swept: Sequence[HandOver]
+    ) -> tuple[OutboxEvent, ...]:
         kept = []
-        replayed = transaction.commit_lsn < self._replay_until
         for event in transaction.events:
-            if event.id and (replayed or event.id in self._swept_ids):
-                continue  # settled already, or pending and swept from the table
+            if event.id and any(h.covers(event.key) for h in swept):
+                continue  # pending when swept (so queued from the table), or settled
             if self._park_keys and event.key is not None and event.key in self._parked_keys:
                 # It waits behind the parked event. A row stays pending in the table
                 # (the sweep after the release publishes it); a table-less event
@@ -1261,6 +1429,21 @@ class WalSource:
         except psycopg.Error as exc:
             raise ReplicationError(f"cannot hold a table-less event: {first_line(exc)}") from None
 
+    async def _park_unreadable(self, rows: Sequence[UnreadableRow]) -> None:
+        """Park rows the relay cannot relay; their keys' later events wait behind them."""
+        conn = self._require_conn()
+        for row in rows:
+            log.error("unreadable outbox row parked", id=row.id, key=row.key, error=row.reason)
+            try:
+                await conn.execute(
+                    query("wal", "park_row", self._names), {"id": row.id, "error": row.reason}
+                )
+            except psycopg.Error as exc:
+                raise ReplicationError(f"cannot park a row: {first_line(exc)}") from None
+            self._parked_ids.add(row.id)
+            if row.key is not None:
+                self._parked_keys.add(row.key)
+
     async def _park_rejected(self, rejected: Sequence[RejectedMessage]) -> None:
         conn = self._require_conn()
         for message in rejected:
@@ -1273,20 +1456,42 @@ class WalSource:
             try:
                 await conn.execute(
                     query("wal", "park_message", self._names),
-                    {
-                        "event_id": message.event_id,
-                        "topic": INVALID_MESSAGE_TOPIC,
-                        "key": None,
-                        "value": message.content,
-                        "headers": "{}",
-                        "error": message.reason,
-                        "attempts": 0,
-                    },
+                    self._parking(
+                        message.event_id,
+                        INVALID_MESSAGE_TOPIC,
+                        None,
+                        message.content,
+                        "{}",
+                        message.reason,
+                        0,
+                    ),
                 )
             except psycopg.Error as exc:
                 raise ReplicationError(
                     f"cannot park a table-less event: {first_line(exc)}"
                 ) from None
+
+    def _parking(  # noqa: PLR0917 - the columns of one row
+        self,
+        event_id: str,
+        topic: str,
+        key: str | None,
+        value: bytes | None,
+        headers: str,
+        error: str,
+        attempts: int,
+    ) -> dict[str, object]:
+        """The parameters of ``park_message``: content over the payload limit shrunk."""
+        value, note = parked_copy(value, self._settings.max_payload_bytes)
+        return {
+            "event_id": event_id,
+            "topic": topic,
+            "key": key,
+            "value": value,
+            "headers": headers,
+            "error": error + note,
+            "attempts": attempts,
+        }
 
     async def _record_failure(
         self, conn: psycopg.AsyncConnection[Any], failed: FailedEvent
@@ -1305,15 +1510,15 @@ class WalSource:
             own = {name: value.decode(errors="replace") for name, value in event.headers[1:]}
             await conn.execute(
                 query("wal", "park_message", self._names),
-                {
-                    "event_id": event.event_id,
-                    "topic": event.topic,
-                    "key": event.key,
-                    "value": event.value,
-                    "headers": json.dumps(own),
-                    "error": error,
-                    "attempts": failed.attempts,
-                },
+                self._parking(
+                    event.event_id,
+                    event.topic,
+                    event.key,
+                    event.value,
+                    json.dumps(own),
+                    error,
+                    failed.attempts,
+                ),
             )
         if failed.park:
             if event.id:
@@ -1357,6 +1562,11 @@ class WalSource:
         last_log_s = time.monotonic()
         while True:
             await asyncio.sleep(STATUS_INTERVAL_S)
+            if self._unmarked:
+                try:
+                    await self._retry_unmarked()
+                except (psycopg.Error, DatabaseError) as exc:
+                    log.debug("marking unmarked events failed", error=first_line(exc))
             with contextlib.suppress(ReplicationError):
                 self._send_status(force=True)
             now = time.monotonic()
@@ -1411,6 +1621,11 @@ class WalSource:
 
 
 _lsn_of: Final = operator.attrgetter("lsn")
+
+
+def message_topics(settings: Settings) -> frozenset[str]:
+    """The topics of ``--message-topics`` (a comma-separated list)."""
+    return frozenset(t.strip() for t in settings.message_topics.split(",") if t.strip())
 
 
 def parked_state(parked: dict[int, str | None]) -> tuple[set[int], set[str]]:

@@ -1,0 +1,212 @@
+"""The pure core of WAL mode's hand-over: plain values in, plain values out.
+
+No asyncio, no psycopg: `relay.wal._source` does the waiting and the I/O and asks
+these objects what to do (psycopg's ``generators.py`` / ``waiting.py`` split).
+
+* `Snapshot` answers "did the sweep's snapshot see this transaction?" from the text of
+  ``pg_current_snapshot()`` and a 32-bit xid as pgoutput's Begin carries it. That is
+  the whole hand-over rule between the table and the stream (`HandOver`): a streamed
+  row whose transaction the sweep's snapshot saw is either swept (it was pending) or
+  settled (it was not), so the stream drops it; every other row is the stream's. The
+  rule needs no memory per swept row, and it holds for a fresh source after a
+  PostgreSQL restart or a lost leadership session: the table says what was sent.
+* `AckTracker` says which WAL position the slot may confirm. It keeps one entry per
+  transaction that still has events to settle, never one per zero-event transaction.
+* `parked_copy` shrinks content that cannot be parked as it is (over the outbox's
+  payload limit) into a copy that can, with its size and digest.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import hashlib
+from typing import Final
+
+#: 2**32: pgoutput's xids are 32 bits, ``pg_snapshot`` values are 64 (epoch, xid).
+_XID_SPAN: Final = 1 << 32
+#: Bytes of the original content kept in a parked copy of content too large to park.
+PARKED_COPY_BYTES: Final = 1024
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Snapshot:
+    """A ``pg_snapshot`` value: which transactions a snapshot sees."""
+
+    xmin: int
+    xmax: int
+    in_progress: frozenset[int]
+
+    @classmethod
+    def parse(cls, text: str) -> Snapshot:
+        """``xmin:xmax:xip1,xip2`` as ``pg_current_snapshot()::text`` prints it.
+
+        Raises:
+            ValueError: `text` is not a snapshot.
+
+        """
+        xmin_text, xmax_text, xip_text = text.split(":")
+        xmin, xmax = int(xmin_text), int(xmax_text)
+        in_progress = frozenset(int(x) for x in xip_text.split(",") if x)
+        if xmin > xmax or any(not xmin <= x < xmax for x in in_progress):
+            raise ValueError(f"not a pg_snapshot: {text!r}")
+        return cls(xmin, xmax, in_progress)
+
+    def full_xid(self, xid: int) -> int:
+        """The 64-bit xid of a 32-bit one from around this snapshot (its epoch)."""
+        epoch_base = self.xmax - self.xmax % _XID_SPAN
+        full = epoch_base + xid % _XID_SPAN
+        if full > self.xmax and full >= _XID_SPAN:
+            full -= _XID_SPAN  # from the previous epoch
+        return full
+
+    def sees(self, xid: int) -> bool:
+        """Whether a *committed* transaction with 32-bit `xid` is visible in this snapshot."""
+        full = self.full_xid(xid)
+        return full < self.xmax and full not in self.in_progress
+
+
+@dataclasses.dataclass(slots=True)
+class HandOver:
+    """Which streamed rows the sweep already covered.
+
+    `snapshot` is the snapshot the sweep read the table in and `horizon` the WAL insert
+    position read in it: a transaction committed after `horizon` committed after the
+    snapshot was taken, so no snapshot check is needed (and none is made) past it.
+    Table-less messages exist only in the WAL: they always come from the stream.
+    """
+
+    snapshot: Snapshot | None = None
+    horizon: int = 0
+    #: A release sweep reads only these keys' rows: only they are the sweep's.
+    keys: frozenset[str] | None = None
+
+    @property
+    def expired(self) -> bool:
+        """True once the stream passed the horizon (the check never applies again)."""
+        return self.snapshot is None
+
+    def covers(self, key: str | None) -> bool:
+        """Whether a row with `key` was read by this sweep (if its transaction was seen)."""
+        return self.keys is None or (key is not None and key in self.keys)
+
+    def swept(self, commit_lsn: int, xid: int) -> bool:
+        """True when the rows of this transaction are the sweep's, not the stream's."""
+        snapshot = self.snapshot
+        if snapshot is None:
+            return False
+        if commit_lsn > self.horizon:
+            self.snapshot = None  # the stream is past the hand-over for good
+            return False
+        return snapshot.sees(xid)
+
+
+class AckTracker:
+    """Which WAL position the slot may confirm, given what is settled.
+
+    Transactions enter in commit order with the number of their events; `done` counts
+    events off (acknowledged by Kafka and settled in the table). `confirmable` is the
+    end LSN of the last transaction such that it and every earlier one are settled.
+
+    Only transactions with events to settle get an entry; a zero-event transaction
+    (every transaction of the database on PostgreSQL 14 and older) only moves the end
+    of the entry before it, or the confirmable position when nothing is open.
+    """
+
+    def __init__(self, confirmed: int = 0) -> None:
+        # [commit_lsn, end LSN confirmable once settled, events left, commit µs, xid]
+        self._open: collections.deque[list[int]] = collections.deque()
+        self._by_commit: dict[int, list[int]] = {}
+        self.confirmed = confirmed
+        self._pending_events = 0
+
+    def add(
+        self, commit_lsn: int, end_lsn: int, events: int, commit_time_us: int = 0, xid: int = 0
+    ) -> None:
+        """Register a committed transaction with `events` events still to settle."""
+        if not events:
+            if self._open:
+                tail = self._open[-1]
+                tail[1] = max(tail[1], end_lsn)
+            else:
+                self.confirmed = max(self.confirmed, end_lsn)
+            return
+        entry = [commit_lsn, end_lsn, events, commit_time_us, xid]
+        self._open.append(entry)
+        self._by_commit[commit_lsn] = entry
+        self._pending_events += events
+
+    def done(self, commit_lsn: int, events: int = 1) -> None:
+        """Count `events` of the transaction that committed at `commit_lsn` as settled."""
+        entry = self._by_commit.get(commit_lsn)
+        if entry is None:
+            return  # swept rows (lsn 0) and transactions from before a reconnect
+        settled = min(events, entry[2])
+        entry[2] -= settled
+        self._pending_events -= settled
+        if entry[2] == 0:
+            del self._by_commit[commit_lsn]
+
+    def xid_of(self, commit_lsn: int) -> int | None:
+        """The xid of an open transaction with events left, if it is one."""
+        entry = self._by_commit.get(commit_lsn)
+        return None if entry is None else entry[4]
+
+    @property
+    def idle(self) -> bool:
+        """True when no registered transaction has events left to settle."""
+        return self._pending_events == 0
+
+    @property
+    def pending_events(self) -> int:
+        """Events registered and not yet settled."""
+        return self._pending_events
+
+    @property
+    def open_transactions(self) -> int:
+        """Entries kept: transactions with events, up to the last unsettled one."""
+        return len(self._open)
+
+    def confirmable(self) -> int:
+        """Advance past every leading settled transaction; the position safe to confirm."""
+        queue = self._open
+        while queue and queue[0][2] == 0:
+            end_lsn = queue.popleft()[1]
+            self.confirmed = max(self.confirmed, end_lsn)
+        return self.confirmed
+
+    def oldest_commit_time_us(self) -> int | None:
+        """Commit time of the oldest transaction not yet confirmable, if any."""
+        for entry in self._open:
+            if entry[2]:
+                return entry[3]
+        return None
+
+    def idle_position(self, server_position: int) -> None:
+        """With nothing open, the server's position is safe too (no bloat when idle)."""
+        self.confirmable()
+        if not self._open:
+            self.confirmed = max(self.confirmed, server_position)
+
+    def reset(self) -> None:
+        """Forget open transactions (a new stream will send them again)."""
+        self._open.clear()
+        self._by_commit.clear()
+        self._pending_events = 0
+
+
+def parked_copy(content: bytes | None, limit: int) -> tuple[bytes | None, str]:
+    """Content to park in place of `content`, and what to add to the reason.
+
+    Content within `limit` bytes is parked as it is. Larger content would break the
+    outbox's size CHECK, and parking must never fail: its first `PARKED_COPY_BYTES`
+    bytes are parked instead, and the reason says the size and SHA-256 of the original.
+    """
+    if content is None or len(content) <= limit:
+        return content, ""
+    digest = hashlib.sha256(content).hexdigest()
+    keep = min(PARKED_COPY_BYTES, limit)
+    return (
+        content[:keep],
+        f" (content of {len(content)} bytes, sha256 {digest}, truncated to {keep} bytes)",
+    )

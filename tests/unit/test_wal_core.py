@@ -1,0 +1,278 @@
+"""The pure core of WAL mode against small reference models (Hypothesis state machines)."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    Bundle,
+    RuleBasedStateMachine,
+    consumes,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+)
+
+from relay.wal import AckTracker, HandOver, Snapshot, parked_copy
+
+XID_SPAN = 1 << 32
+
+
+# --- AckTracker: what the slot may confirm ------------------------------------------------
+
+
+class ConfirmMachine(RuleBasedStateMachine):
+    """Transactions in commit order, their events settled in any order.
+
+    The model: a list of transactions with their unsettled events. The confirmable
+    position is the end of the longest settled prefix; it is never past the commit of
+    an unsettled event, and the tracker keeps no entry beyond what is still open.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tracker = AckTracker(confirmed=10)
+        self.lsn = 100
+        #: [commit_lsn, end_lsn, unsettled events, events at commit]
+        self.model: list[list[int]] = []
+        self.confirmed_seen = 10
+
+    @rule(count=st.integers(0, 3))
+    def commit(self, count: int) -> None:
+        commit_lsn, end_lsn = self.lsn, self.lsn + 8
+        self.lsn += 16
+        self.tracker.add(commit_lsn, end_lsn, count, commit_time_us=commit_lsn, xid=commit_lsn)
+        self.model.append([commit_lsn, end_lsn, count, count])
+
+    @rule(data=st.data())
+    def settle(self, data: st.DataObject) -> None:
+        open_ = [entry for entry in self.model if entry[2]]
+        if not open_:
+            return
+        entry = data.draw(st.sampled_from(open_))
+        entry[2] -= 1
+        self.tracker.done(entry[0])
+        assert self.tracker.xid_of(entry[0]) == (entry[0] if entry[2] else None)
+
+    @rule()
+    def settle_unknown(self) -> None:
+        # A swept row (lsn 0) or a stale copy: counts for nothing.
+        self.tracker.done(0)
+        self.tracker.done(self.lsn + 1)
+
+    @rule()
+    def server_idle(self) -> None:
+        self.tracker.idle_position(self.lsn)
+        if all(entry[2] == 0 for entry in self.model):
+            self.model.append([self.lsn, self.lsn, 0, 0])
+            self.lsn += 16
+
+    def expected(self) -> int:
+        confirmed = 10
+        for _commit, end, left, _count in self.model:
+            if left:
+                break
+            confirmed = end
+        return confirmed
+
+    @invariant()
+    def confirms_the_settled_prefix(self) -> None:
+        confirmed = self.tracker.confirmable()
+        assert confirmed == self.expected()
+        assert confirmed >= self.confirmed_seen  # never goes back
+        self.confirmed_seen = confirmed
+
+    @invariant()
+    def never_past_an_unsettled_event(self) -> None:
+        confirmed = self.tracker.confirmable()
+        for commit_lsn, _end, left, _count in self.model:
+            if left:
+                assert confirmed < commit_lsn
+
+    @invariant()
+    def counts_and_bounded_state(self) -> None:
+        unsettled = sum(entry[2] for entry in self.model)
+        assert self.tracker.pending_events == unsettled
+        assert self.tracker.idle == (unsettled == 0)
+        # Entries only for transactions with events, from the first open one on:
+        # a zero-event transaction never gets one.
+        self.tracker.confirmable()
+        first_open = next((i for i, e in enumerate(self.model) if e[2]), len(self.model))
+        assert self.tracker.open_transactions == sum(
+            1 for entry in self.model[first_open:] if entry[3]
+        )
+
+    def teardown(self) -> None:
+        for entry in self.model:
+            while entry[2]:
+                entry[2] -= 1
+                self.tracker.done(entry[0])
+        assert self.tracker.confirmable() == (self.model[-1][1] if self.model else 10)
+        assert self.tracker.open_transactions == 0
+
+
+TestConfirm = ConfirmMachine.TestCase
+TestConfirm.settings = settings(max_examples=150, stateful_step_count=40, deadline=None)
+
+
+# --- The hand-over: table sweep, then stream ----------------------------------------------
+
+
+@dataclasses.dataclass
+class Txn:
+    full_xid: int
+    rows: list[tuple[int, str]]
+    commit_lsn: int | None = None
+
+
+class HandOverMachine(RuleBasedStateMachine):
+    """Writers commit rows while a sweep reads the table once, then the stream replays all.
+
+    The model is the truth of the table: every committed row once, and per key in commit
+    order. The relay's side: the sweep returns the rows its snapshot sees (pending, in id
+    order); the stream then delivers every committed transaction in commit order, minus
+    the rows `HandOver` says the sweep covered. Xids start near the 32-bit wraparound,
+    as pgoutput's Begin carries only the low 32 bits.
+    """
+
+    open_txns = Bundle("open_txns")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.next_xid = 0
+        self.next_id = 1
+        self.lsn = 1000
+        self.txns: list[Txn] = []
+        self.keys_in_use: set[str] = set()
+        self.handover: HandOver | None = None
+        self.swept: list[int] = []
+        self.sent_before: set[int] = set()
+
+    @initialize(start=st.sampled_from([3, 1000, XID_SPAN - 2, 5 * XID_SPAN - 1]))
+    def start(self, start: int) -> None:
+        self.next_xid = start
+
+    @rule(target=open_txns, keys=st.lists(st.sampled_from("abcde"), min_size=0, max_size=3))
+    def begin(self, keys: list[str]) -> Txn:
+        # Writers serialize per key (a key is written by one open transaction at a time),
+        # so the outbox order of a key is its commit order.
+        keys = [key for key in keys if key not in self.keys_in_use]
+        self.keys_in_use.update(keys)
+        rows = []
+        for key in keys:
+            rows.append((self.next_id, key))
+            self.next_id += 1
+        txn = Txn(self.next_xid, rows)
+        self.next_xid += 1
+        self.txns.append(txn)
+        return txn
+
+    @rule(txn=consumes(open_txns))
+    def commit(self, txn: Txn) -> None:
+        txn.commit_lsn = self.lsn
+        self.lsn += 10
+        self.keys_in_use.difference_update(key for _id, key in txn.rows)
+
+    @precondition(lambda self: self.handover is None)
+    @rule(settle=st.booleans())
+    def sweep(self, *, settle: bool) -> None:
+        in_progress = frozenset(t.full_xid for t in self.txns if t.commit_lsn is None)
+        xmax = self.next_xid
+        xmin = min(in_progress, default=xmax)
+        snapshot = Snapshot.parse(f"{xmin}:{xmax}:{','.join(map(str, sorted(in_progress)))}")
+        visible = [t for t in self.txns if t.commit_lsn is not None]
+        rows = sorted(row for t in visible for row in t.rows)
+        if settle:
+            # A previous session sent and marked the older half: not pending any more.
+            self.sent_before = {id_ for id_, _key in rows[: len(rows) // 2]}
+        self.swept = [id_ for id_, _key in rows if id_ not in self.sent_before]
+        self.handover = HandOver(snapshot, horizon=self.lsn)
+        self.lsn += 10
+
+    def teardown(self) -> None:
+        if self.handover is None:
+            return
+        for txn in self.txns:
+            if txn.commit_lsn is None:
+                txn.commit_lsn = self.lsn
+                self.lsn += 10
+        streamed: list[int] = []
+        for txn in sorted(self.txns, key=lambda t: t.commit_lsn or 0):
+            assert txn.commit_lsn is not None
+            covered = self.handover.swept(txn.commit_lsn, txn.full_xid % XID_SPAN)
+            if not covered:
+                streamed.extend(id_ for id_, _key in txn.rows)
+        delivered = self.swept + streamed
+        every = {id_: key for txn in self.txns for id_, key in txn.rows}
+        # Nothing missing, nothing twice, nothing already sent again.
+        assert sorted(delivered) == sorted(set(every) - self.sent_before)
+        # Per key, commit order (which is id order for a key here).
+        for key in set(every.values()):
+            of_key = [id_ for id_ in delivered if every[id_] == key]
+            assert of_key == sorted(of_key)
+
+
+TestHandOver = HandOverMachine.TestCase
+TestHandOver.settings = settings(max_examples=200, stateful_step_count=30, deadline=None)
+
+
+# --- Snapshots and parking -------------------------------------------------------------------
+
+
+def test_snapshot_text_is_parsed_as_postgresql_prints_it() -> None:
+    snapshot = Snapshot.parse("10:20:12,15")
+    assert snapshot.sees(9)
+    assert not snapshot.sees(12)
+    assert snapshot.sees(13)
+    assert not snapshot.sees(20)
+    assert Snapshot.parse("7:7:").in_progress == frozenset()
+    with pytest.raises(ValueError, match="pg_snapshot"):
+        Snapshot.parse("20:10:")
+
+
+@given(
+    xmax=st.integers(0, 10 * XID_SPAN),
+    back=st.integers(0, 2**31 - 1),
+)
+def test_a_32_bit_xid_is_placed_in_the_right_epoch(xmax: int, back: int) -> None:
+    full = xmax - back
+    if full < 0:
+        return
+    snapshot = Snapshot(xmax, xmax, frozenset())
+    assert snapshot.full_xid(full % XID_SPAN) == full
+    assert snapshot.sees(full % XID_SPAN) == (full < xmax)
+
+
+def test_the_hand_over_ends_past_its_horizon() -> None:
+    handover = HandOver(Snapshot.parse("100:105:"), horizon=500)
+    assert handover.swept(400, 99)
+    assert not handover.swept(400, 105)  # not seen by the snapshot: the stream's
+    assert not handover.swept(600, 99)
+    assert handover.expired
+    assert not handover.swept(400, 99)  # never again
+
+
+def test_a_release_hand_over_covers_only_its_keys() -> None:
+    handover = HandOver(Snapshot.parse("100:105:"), horizon=500, keys=frozenset({"k"}))
+    assert handover.covers("k")
+    assert not handover.covers("j")
+    assert not handover.covers(None)
+    assert HandOver().covers(None)
+
+
+def test_content_over_the_limit_is_parked_truncated_with_size_and_digest() -> None:
+    small = b"x" * 10
+    assert parked_copy(small, 100) == (small, "")
+    assert parked_copy(None, 100) == (None, "")
+    big = bytes(range(256)) * 100
+    copy, note = parked_copy(big, 2000)
+    assert copy == big[:1024]
+    assert str(len(big)) in note
+    assert hashlib.sha256(big).hexdigest() in note
+    copy, _note = parked_copy(big, 10)
+    assert copy == big[:10]
