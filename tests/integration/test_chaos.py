@@ -30,9 +30,10 @@ def chaos(mode: str, seed: int, seconds: int = 20) -> subprocess.CompletedProces
     )  # fmt: skip
 
 
-@pytest.mark.parametrize("seed", [2, 7])
-def test_poll_mode_survives_seeded_chaos(seed: int) -> None:
-    # 2: kills, blackholes, a terminated session; 7: immediate and fast restarts, kills.
-    result = chaos("poll", seed=seed)
+# 2: kills, blackholes, a terminated session; 7: immediate and fast restarts, kills (WAL
+# mode failed seed 7 before its hand-over rework: keys ended on stale last copies).
+@pytest.mark.parametrize(("mode", "seed"), [("poll", 7), ("wal", 2), ("wal", 7)])
+def test_the_relay_survives_seeded_chaos(mode: str, seed: int) -> None:
+    result = chaos(mode, seed=seed)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert f"OK: seed {seed}" in result.stdout
