@@ -10,7 +10,7 @@ from alembic import command
 from alembic.config import Config
 
 from relay._embedded import EmbeddedPostgres
-from relay.alembic import create_outbox, upgrade_outbox
+from relay.alembic import create_outbox, latest_version, upgrade_outbox
 from relay.errors import ConfigError, MigrationError
 from tests.support import run_cli
 
@@ -52,12 +52,35 @@ def downgrade() -> None:
     drop_outbox(op{arguments})
 """
 
+# A later outbox-relay's migrations, as the service adds them: one revision upgrading.
+UPGRADE_REVISION = """
+from alembic import op
+
+from relay.alembic import upgrade_outbox
+
+revision = "0002"
+down_revision = "0001"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    upgrade_outbox(op, from_version=1, to_version={latest}{arguments})
+
+
+def downgrade() -> None:
+    pass
+"""
+
 
 def _alembic(tmp_path: Path, database_url: str, arguments: str = "") -> Config:
     """An Alembic project whose only revision adds the outbox with `arguments`."""
     (tmp_path / "versions").mkdir()
     (tmp_path / "env.py").write_text(ENV_PY)
     (tmp_path / "versions" / "0001_outbox.py").write_text(REVISION.format(arguments=arguments))
+    (tmp_path / "versions" / "0002_outbox_upgrade.py").write_text(
+        UPGRADE_REVISION.format(arguments=arguments, latest=latest_version())
+    )
     config = Config(output_buffer=io.StringIO())
     config.set_main_option("script_location", str(tmp_path))
     config.set_main_option(
@@ -155,7 +178,8 @@ class RecordingOperations:
 @pytest.mark.parametrize(("from_version", "to_version"), [(0, 0), (1, 1), (0, 99), (-1, 1)])
 def test_versions_outside_what_is_shipped_are_refused(from_version: int, to_version: int) -> None:
     op = RecordingOperations()
-    with pytest.raises(MigrationError, match="this outbox-relay ships versions 1 to 1"):
+    shipped = f"this outbox-relay ships versions 1 to {latest_version()}"
+    with pytest.raises(MigrationError, match=shipped):
         upgrade_outbox(op, from_version=from_version, to_version=to_version)
     assert op.executed == []
 
