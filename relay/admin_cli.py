@@ -16,6 +16,7 @@ import datetime as dt
 import json
 import sys
 import time
+import unicodedata
 from collections.abc import Callable, Sequence
 from typing import Any, Final, TypeVar
 
@@ -79,9 +80,36 @@ def _is_number(cell: str) -> bool:
     return cell.replace(",", "").replace(".", "").lstrip("-").isdigit() or cell == "-"
 
 
+# Characters a terminal acts on instead of showing: C0 and C1 controls (ESC, CSI, ...),
+# DEL, the line and paragraph separators, and the bidirectional overrides and isolates
+# that reorder what follows them (Trojan Source). Rows are written by services, never
+# trusted: `printable` escapes these before anything from a row reaches the terminal.
+_BIDI_CONTROLS: Final = frozenset(
+    "\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
+)
+
+
+def _escaped(char: str) -> str:
+    code = ord(char)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"  # noqa: PLR2004
+
+
+def printable(text: str, *, keep: str = "") -> str:
+    """`text` with every control character escaped as ``\\x1b`` or ``\\u202e``.
+
+    Characters in `keep` (``"\\t"`` in a block of lines) stay as they are.
+    """
+    return "".join(
+        _escaped(c)
+        if c not in keep and (unicodedata.category(c) in {"Cc", "Zl", "Zp"} or c in _BIDI_CONTROLS)
+        else c
+        for c in text
+    )
+
+
 def shorten(text: str, limit: int) -> str:
-    """`text` on one line, cut to `limit` characters with an ellipsis."""
-    flat = " ".join(text.split())
+    """`text` on one line, control characters escaped, cut to `limit` characters."""
+    flat = printable(" ".join(text.split()))
     return flat if len(flat) <= limit else flat[: limit - 1] + "…"
 
 
@@ -369,7 +397,7 @@ def _event_table(rows: Sequence[EventRow]) -> tuple[list[str], list[list[str]]]:
             [
                 str(row.id),
                 row.event_id,
-                row.topic,
+                printable(row.topic),
                 shorten(row.key or "-", 24),
                 row.state,
                 row.created_at.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S"),
@@ -431,7 +459,7 @@ def show_command(settings: Settings, *, event_id: str, as_json: bool) -> None:
     ]
     width = max(len(name) for name, _ in fields)
     for name, value in fields:
-        click.echo(f"{name.ljust(width)}  {value}")
+        click.echo(f"{name.ljust(width)}  {printable(value)}")
     click.echo("headers:")
     click.echo(_indent(_json_text(row.headers)))
     click.echo("payload:")
@@ -439,7 +467,11 @@ def show_command(settings: Settings, *, event_id: str, as_json: bool) -> None:
 
 
 def _indent(text: str) -> str:
-    return "\n".join("  " + line for line in text.splitlines())
+    # Split on newlines only (not on the separators splitlines() knows), then escape.
+    lines = text.split("\n")
+    if lines[-1] == "":
+        lines.pop()
+    return "\n".join("  " + printable(line, keep="\t") for line in lines)
 
 
 def _json_text(value: object) -> str:
