@@ -12,6 +12,7 @@ print. Exit codes, the same for every command:
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import sys
@@ -681,9 +682,10 @@ def _dry_run_parked(settings: Settings, selection: Selection, verb: str, *, as_j
     with admin.connect(settings) as conn:
         by_topic = admin.count_selection(conn, settings, selection)
     total = sum(by_topic.values())
+    state = selection.state or EventState.PARKED
     if not total:
-        raise admin.NothingMatchedError(f"no parked event matches {selection.describe()}")
-    _report_dry_run(by_topic, f"{verb} {total:,} parked events", as_json=as_json)
+        raise admin.NothingMatchedError(f"no {state} event matches {selection.describe()}")
+    _report_dry_run(by_topic, f"{verb} {total:,} {state} events", as_json=as_json)
 
 
 @click.command(name="retry")
@@ -730,6 +732,13 @@ def retry_command(
 @click.command(name="skip")
 @_parked_selection_options
 @click.option("--reason", required=True, help="Why; kept in the row's skip_reason.")
+@click.option(
+    "--state",
+    type=click.Choice([EventState.PARKED.value, EventState.PENDING.value]),
+    default=EventState.PARKED.value,
+    show_default=True,
+    help="Skip parked events, or pending ones (by --event-id only: a poison row).",
+)
 @with_settings
 def skip_command(
     settings: Settings,
@@ -741,33 +750,44 @@ def skip_command(
     dry_run: bool,
     as_json: bool,
     reason: str,
+    state: str,
 ) -> None:
     """Give up on parked events: they become 'skipped' and are never published.
 
     The reason is kept in skip_reason (see `outbox-relay show`). Later events of the
-    same key that waited behind them go on.
+    same key that waited behind them go on. With --state pending, skip pending events
+    named by --event-id (a row the relay cannot get past), without SQL; one the relay
+    publishes meanwhile may reach Kafka and still be marked skipped.
 
     \b
     Examples:
       outbox-relay skip --key order-42 --reason "bad payload, INC-123"
       outbox-relay skip --topic legacy.orders --reason "topic retired" --dry-run
+      outbox-relay skip --state pending --event-id 1b4e28ba-... --reason "poison, INC-9"
 
     \b
     Exit codes: 0 skipped; 1 database error; 2 bad input (no filter and no --all, no
-    --reason); 3 no parked event matches.
+    --reason, --state pending without --event-id); 3 no matching event.
     """
     if not reason.strip():
         raise BadInputError("--reason must say why (it is kept with the events)")
-    selection = _parked_selection(topics, keys, event_ids, everything=everything)
+    from_state = EventState(state)
+    if from_state is EventState.PENDING and (not event_ids or topics or keys or everything):
+        raise BadInputError(
+            "--state pending skips events named by --event-id only (not --topic, --key, --all)"
+        )
+    selection = dataclasses.replace(
+        _parked_selection(topics, keys, event_ids, everything=everything), state=from_state
+    )
     if dry_run:
         _dry_run_parked(settings, selection, "skip", as_json=as_json)
         return
     with admin.connect(settings) as conn:
-        skipped = admin.skip(conn, settings, selection, reason=reason)
+        skipped = admin.skip(conn, settings, selection, reason=reason, state=from_state)
     if as_json:
         _echo_json({"skipped": skipped, "reason": reason})
     else:
-        click.echo(f"skipped {skipped:,} parked events (reason: {reason})")
+        click.echo(f"skipped {skipped:,} {from_state} events (reason: {reason})")
 
 
 # --- purge ------------------------------------------------------------------------------
