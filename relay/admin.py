@@ -705,8 +705,9 @@ def _change_parked(
     query_name: str,
     extra: Mapping[str, object],
     batch_size: int,
+    state: EventState = EventState.PARKED,
 ) -> int:
-    selection = dataclasses.replace(selection, state=EventState.PARKED)
+    selection = dataclasses.replace(selection, state=state)
     window = _window(conn, settings, selection)
     query = named_query(settings, query_name)
     params = window.params | dict(extra) | {"batch_size": batch_size}
@@ -718,7 +719,7 @@ def _change_parked(
         changed += row["changed"]
         params["after_id"] = row["last_id"]
     if not changed:
-        raise NothingMatchedError(f"no parked event matches {selection.describe()}")
+        raise NothingMatchedError(f"no {state} event matches {selection.describe()}")
     return changed
 
 
@@ -741,16 +742,25 @@ def skip(
     selection: Selection,
     *,
     reason: str,
+    state: EventState = EventState.PARKED,
     batch_size: int = BATCH_SIZE,
 ) -> int:
-    """Give up on parked events: state ``skipped``, `reason` kept. Returns how many."""
+    """Give up on events: state ``skipped``, `reason` kept. Returns how many.
+
+    `state` is ``parked`` (the usual case), or ``pending`` for a poison row the relay
+    cannot get past: a pending row that the relay publishes meanwhile may be delivered
+    and still end up ``skipped``; it is never lost.
+    """
+    if state not in {EventState.PARKED, EventState.PENDING}:
+        raise BadInputError(f"only parked or pending events can be skipped, not {state}")
     return _change_parked(
         conn,
         settings,
         selection,
         query_name="skip_batch",
-        extra={"reason": reason},
+        extra={"reason": reason, "from_state": str(state)},
         batch_size=batch_size,
+        state=state,
     )
 
 

@@ -12,10 +12,12 @@ print. Exit codes, the same for every command:
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import sys
 import time
+import unicodedata
 from collections.abc import Callable, Sequence
 from typing import Any, Final, TypeVar
 
@@ -79,9 +81,36 @@ def _is_number(cell: str) -> bool:
     return cell.replace(",", "").replace(".", "").lstrip("-").isdigit() or cell == "-"
 
 
+# Characters a terminal acts on instead of showing: C0 and C1 controls (ESC, CSI, ...),
+# DEL, the line and paragraph separators, and the bidirectional overrides and isolates
+# that reorder what follows them (Trojan Source). Rows are written by services, never
+# trusted: `printable` escapes these before anything from a row reaches the terminal.
+_BIDI_CONTROLS: Final = frozenset(
+    "\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
+)
+
+
+def _escaped(char: str) -> str:
+    code = ord(char)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"  # noqa: PLR2004
+
+
+def printable(text: str, *, keep: str = "") -> str:
+    """`text` with every control character escaped as ``\\x1b`` or ``\\u202e``.
+
+    Characters in `keep` (``"\\t"`` in a block of lines) stay as they are.
+    """
+    return "".join(
+        _escaped(c)
+        if c not in keep and (unicodedata.category(c) in {"Cc", "Zl", "Zp"} or c in _BIDI_CONTROLS)
+        else c
+        for c in text
+    )
+
+
 def shorten(text: str, limit: int) -> str:
-    """`text` on one line, cut to `limit` characters with an ellipsis."""
-    flat = " ".join(text.split())
+    """`text` on one line, control characters escaped, cut to `limit` characters."""
+    flat = printable(" ".join(text.split()))
     return flat if len(flat) <= limit else flat[: limit - 1] + "…"
 
 
@@ -377,7 +406,7 @@ def _event_table(rows: Sequence[EventRow]) -> tuple[list[str], list[list[str]]]:
             [
                 str(row.id),
                 row.event_id,
-                row.topic,
+                printable(row.topic),
                 shorten(row.key or "-", 24),
                 row.state,
                 row.created_at.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S"),
@@ -439,7 +468,7 @@ def show_command(settings: Settings, *, event_id: str, as_json: bool) -> None:
     ]
     width = max(len(name) for name, _ in fields)
     for name, value in fields:
-        click.echo(f"{name.ljust(width)}  {value}")
+        click.echo(f"{name.ljust(width)}  {printable(value)}")
     click.echo("headers:")
     click.echo(_indent(_json_text(row.headers)))
     click.echo("payload:")
@@ -447,7 +476,11 @@ def show_command(settings: Settings, *, event_id: str, as_json: bool) -> None:
 
 
 def _indent(text: str) -> str:
-    return "\n".join("  " + line for line in text.splitlines())
+    # Split on newlines only (not on the separators splitlines() knows), then escape.
+    lines = text.split("\n")
+    if lines[-1] == "":
+        lines.pop()
+    return "\n".join("  " + printable(line, keep="\t") for line in lines)
 
 
 def _json_text(value: object) -> str:
@@ -657,9 +690,10 @@ def _dry_run_parked(settings: Settings, selection: Selection, verb: str, *, as_j
     with admin.connect(settings) as conn:
         by_topic = admin.count_selection(conn, settings, selection)
     total = sum(by_topic.values())
+    state = selection.state or EventState.PARKED
     if not total:
-        raise admin.NothingMatchedError(f"no parked event matches {selection.describe()}")
-    _report_dry_run(by_topic, f"{verb} {total:,} parked events", as_json=as_json)
+        raise admin.NothingMatchedError(f"no {state} event matches {selection.describe()}")
+    _report_dry_run(by_topic, f"{verb} {total:,} {state} events", as_json=as_json)
 
 
 @click.command(name="retry")
@@ -706,6 +740,13 @@ def retry_command(
 @click.command(name="skip")
 @_parked_selection_options
 @click.option("--reason", required=True, help="Why; kept in the row's skip_reason.")
+@click.option(
+    "--state",
+    type=click.Choice([EventState.PARKED.value, EventState.PENDING.value]),
+    default=EventState.PARKED.value,
+    show_default=True,
+    help="Skip parked events, or pending ones (by --event-id only: a poison row).",
+)
 @with_settings
 def skip_command(
     settings: Settings,
@@ -717,33 +758,44 @@ def skip_command(
     dry_run: bool,
     as_json: bool,
     reason: str,
+    state: str,
 ) -> None:
     """Give up on parked events: they become 'skipped' and are never published.
 
     The reason is kept in skip_reason (see `outbox-relay show`). Later events of the
-    same key that waited behind them go on.
+    same key that waited behind them go on. With --state pending, skip pending events
+    named by --event-id (a row the relay cannot get past), without SQL; one the relay
+    publishes meanwhile may reach Kafka and still be marked skipped.
 
     \b
     Examples:
       outbox-relay skip --key order-42 --reason "bad payload, INC-123"
       outbox-relay skip --topic legacy.orders --reason "topic retired" --dry-run
+      outbox-relay skip --state pending --event-id 1b4e28ba-... --reason "poison, INC-9"
 
     \b
     Exit codes: 0 skipped; 1 database error; 2 bad input (no filter and no --all, no
-    --reason); 3 no parked event matches.
+    --reason, --state pending without --event-id); 3 no matching event.
     """
     if not reason.strip():
         raise BadInputError("--reason must say why (it is kept with the events)")
-    selection = _parked_selection(topics, keys, event_ids, everything=everything)
+    from_state = EventState(state)
+    if from_state is EventState.PENDING and (not event_ids or topics or keys or everything):
+        raise BadInputError(
+            "--state pending skips events named by --event-id only (not --topic, --key, --all)"
+        )
+    selection = dataclasses.replace(
+        _parked_selection(topics, keys, event_ids, everything=everything), state=from_state
+    )
     if dry_run:
         _dry_run_parked(settings, selection, "skip", as_json=as_json)
         return
     with admin.connect(settings) as conn:
-        skipped = admin.skip(conn, settings, selection, reason=reason)
+        skipped = admin.skip(conn, settings, selection, reason=reason, state=from_state)
     if as_json:
         _echo_json({"skipped": skipped, "reason": reason})
     else:
-        click.echo(f"skipped {skipped:,} parked events (reason: {reason})")
+        click.echo(f"skipped {skipped:,} {from_state} events (reason: {reason})")
 
 
 # --- purge ------------------------------------------------------------------------------

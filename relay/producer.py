@@ -65,6 +65,12 @@ RESERVED_HEADERS: Final = frozenset({"event_id"})
 #: Deeper payloads are refused: no event needs more, and a payload that contains itself
 #: must fail with a clear error, not a RecursionError.
 MAX_JSON_DEPTH: Final = 100
+#: Limits on what an event carries besides its payload, the same as the CHECKs of
+#: migrations/0002_event_limits.sql (which says why these values).
+MAX_KEY_BYTES: Final = 1024
+MAX_HEADERS: Final = 64
+#: Measured as jsonb's text form of the headers object, like the CHECK.
+MAX_HEADERS_BYTES: Final = 65536
 #: The default limit of `Outbox`, the same as ``outbox-relay migrate`` puts in the CHECK.
 DEFAULT_MAX_PAYLOAD_BYTES: Final = config.Settings().max_payload_bytes
 
@@ -84,9 +90,11 @@ class Event:
     characters; not ``.`` or ``..``). `key` is the partition key, e.g. the aggregate id:
     events of one key reach one partition, in the order they were written. `payload` is
     a JSON value, written compactly, or bytes. `headers` become Kafka record headers.
-    `event_type` and `aggregate_type` travel as headers too, and can route events (see
-    ``--topic-template``). `event_id` defaults to a random UUID; set it to make a retried
-    business operation write the same event (the outbox keeps event ids unique).
+    At most `MAX_HEADERS` headers of `MAX_HEADERS_BYTES` in all (as JSON), and a key of
+    at most `MAX_KEY_BYTES` (UTF-8). `event_type` and `aggregate_type` travel as headers
+    too, and can route events (see ``--topic-template``). `event_id` defaults to a random
+    UUID; set it to make a retried business operation write the same event (the outbox
+    keeps event ids unique).
 
     Everything but the payload is checked here; the payload is checked when the event
     is written, against the outbox's size limit.
@@ -104,6 +112,11 @@ class Event:
     def __post_init__(self) -> None:
         check_topic(self.topic)
         _check_optional_text("key", self.key)
+        if self.key is not None and len(self.key.encode("utf-8")) > MAX_KEY_BYTES:
+            raise InvalidEventError(
+                f"key {self.key[:40]!r}... is {len(self.key.encode('utf-8'))} bytes long; "
+                f"the outbox allows at most {MAX_KEY_BYTES}"
+            )
         _check_optional_text("event_type", self.event_type)
         _check_optional_text("aggregate_type", self.aggregate_type)
         check_headers(self.headers)
@@ -168,6 +181,16 @@ def check_headers(headers: object) -> None:
             )
         _check_text(f"header {name!r}", name)
         _check_text(f"header {name!r}", value)
+    if len(headers) > MAX_HEADERS:
+        raise InvalidEventError(
+            f"event has {len(headers)} headers; the outbox allows at most {MAX_HEADERS}"
+        )
+    # The CHECK measures jsonb's own text form, which puts a space after ',' and ':'.
+    size = len(json.dumps(dict(headers), ensure_ascii=False).encode("utf-8"))
+    if size > MAX_HEADERS_BYTES:
+        raise InvalidEventError(
+            f"headers are {size} bytes as JSON; the outbox allows at most {MAX_HEADERS_BYTES}"
+        )
 
 
 def _check_json(value: object, path: str, depth: int) -> None:

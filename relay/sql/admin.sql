@@ -92,6 +92,7 @@ WITH chosen AS (
 SELECT (SELECT count(*) FROM released) AS changed, (SELECT max(id) FROM chosen) AS last_id;
 
 -- name: skip_batch
+-- from_state: 'parked', or 'pending' for a poison row named by its event id (poll mode).
 WITH chosen AS (
     SELECT id FROM {outbox}
     WHERE {selection}
@@ -102,7 +103,7 @@ WITH chosen AS (
     UPDATE {outbox} AS o
     SET state = 'skipped', skip_reason = %(reason)s
     FROM chosen
-    WHERE o.id = chosen.id AND o.state = 'parked'
+    WHERE o.id = chosen.id AND o.state = %(from_state)s
     RETURNING o.id
 )
 SELECT (SELECT count(*) FROM skipped) AS changed, (SELECT max(id) FROM chosen) AS last_id;

@@ -52,13 +52,37 @@ def downgrade() -> None:
     drop_outbox(op{arguments})
 """
 
+# A later outbox-relay's migrations, as the service adds them: one revision upgrading.
+UPGRADE_REVISION = """
+from alembic import op
+
+from relay.alembic import upgrade_outbox
+
+revision = "0002"
+down_revision = "0001"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    upgrade_outbox(op, from_version=1, to_version={latest}{arguments})
+
+
+def downgrade() -> None:
+    pass
+"""
+
 
 def _alembic(tmp_path: Path, database_url: str, arguments: str = "") -> Config:
     """An Alembic project whose only revision adds the outbox with `arguments`."""
     (tmp_path / "versions").mkdir()
     (tmp_path / "env.py").write_text(ENV_PY)
-    revision = REVISION.format(arguments=arguments, version=latest_version())
-    (tmp_path / "versions" / "0001_outbox.py").write_text(revision)
+    (tmp_path / "versions" / "0001_outbox.py").write_text(
+        REVISION.format(arguments=arguments, version=1)
+    )
+    (tmp_path / "versions" / "0002_outbox_upgrade.py").write_text(
+        UPGRADE_REVISION.format(arguments=arguments, latest=latest_version())
+    )
     config = Config(output_buffer=io.StringIO())
     config.set_main_option("script_location", str(tmp_path))
     config.set_main_option(

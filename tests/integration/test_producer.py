@@ -395,6 +395,20 @@ def test_the_largest_payload_the_check_allows_passes_both_guards(
         ("topic, payload_bytes", ("t", b"x" * 1_000_001), "outbox_payload_size"),
         ("topic, payload, payload_bytes", ("t", "{}", b"x"), "outbox_one_payload"),
         ("topic, headers", ("t", "[1]"), "outbox_headers_object"),
+        ("topic, key", ("t", "k" * 1025), "outbox_key_size"),
+        ("topic, key", ("t", "é" * 513), "outbox_key_size"),
+        ("topic, key", ("t", "k" * 2_000_000), "outbox_key_size"),
+        (
+            "topic, headers",
+            ("t", json.dumps({f"h{n}": "v" for n in range(65)})),
+            "outbox_headers_count",
+        ),
+        (
+            "topic, headers",
+            ("t", json.dumps({"h": "x" * (65537 - len('{"h": ""}'))})),
+            "outbox_headers_size",
+        ),
+        ("topic, headers", ("t", json.dumps({"h": "x" * 10_000_000})), "outbox_headers_size"),
     ],
 )
 def test_checks_reject_bad_rows_written_with_plain_sql(
@@ -411,6 +425,52 @@ def test_checks_reject_bad_rows_written_with_plain_sql(
         )
     assert caught.value.diag.constraint_name == constraint
     assert constraint in str(caught.value)
+
+
+def test_the_largest_key_and_headers_the_checks_allow_pass_both_guards(
+    database_url: str, topic: str
+) -> None:
+    # The producer's limits and the CHECKs measure the same way, to the byte.
+    headers = {f"h{n:02}": "" for n in range(63)}
+    # 63 headers {"h00": "", ...} and one more, "zz", padded to 65536 bytes of jsonb text.
+    text = json.dumps(headers | {"zz": ""})
+    headers["zz"] = "\n" * ((65536 - len(text)) // 2) + "x" * ((65536 - len(text)) % 2)
+    with psycopg.connect(database_url) as conn:
+        publish(conn, Event(topic, {}, key="é" * 512, headers=headers))
+        conn.commit()
+        row = conn.execute(
+            "SELECT octet_length(headers::text), octet_length(key) FROM outbox WHERE topic = %s",
+            (topic,),
+        ).fetchone()
+    assert row == (65536, 1024)
+
+
+@pytest.mark.parametrize(
+    ("call", "constraint"),
+    [
+        ("SELECT outbox_publish('t', repeat('k', 1025), '{}')", "outbox_key_size"),
+        (
+            (
+                "SELECT outbox_publish_bytes('t', NULL, '\\x00',"
+                " jsonb_build_object('h', repeat('x', 70000)))"
+            ),
+            "outbox_headers_size",
+        ),
+        (
+            (
+                "SELECT outbox_publish('t', NULL, '{}',"
+                " (SELECT jsonb_object_agg('h' || n, 'v') FROM generate_series(1, 65) n))"
+            ),
+            "outbox_headers_count",
+        ),
+    ],
+)
+def test_the_sql_functions_are_bound_by_the_event_limits(
+    database_url: str, call: str, constraint: str
+) -> None:
+    with psycopg.connect(database_url) as conn, pytest.raises(errors.CheckViolation) as caught:
+        conn.execute(call)
+    assert caught.value.diag.constraint_name == constraint
 
 
 def test_the_sql_function_is_guarded_by_the_checks_too(database_url: str) -> None:

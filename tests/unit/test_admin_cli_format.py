@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from relay.admin_cli import format_age, render_table, shorten
+from relay.admin_cli import format_age, printable, render_table, shorten
 
 
 def test_format_age() -> None:
@@ -24,3 +24,14 @@ def test_render_table_aligns_numbers_right() -> None:
 def test_shorten_flattens_and_cuts() -> None:
     assert shorten("a\n  b", 10) == "a b"
     assert shorten("abcdefghij", 5) == "abcd…"
+
+
+def test_printable_escapes_what_a_terminal_would_act_on() -> None:
+    assert printable("a\x1b[2Jb\x07\x7f\x9b\u202e\u2028é😀") == (
+        "a\\x1b[2Jb\\x07\\x7f\\x9b\\u202e\\u2028é😀"
+    )
+    assert printable("a\tb\nc", keep="\t") == "a\tb\\x0ac"
+
+
+def test_shorten_escapes_after_flattening_whitespace() -> None:
+    assert shorten("a\r\n\x1bb", 10) == "a \\x1bb"

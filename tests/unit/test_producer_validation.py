@@ -10,7 +10,15 @@ from typing import Any
 import pytest
 
 from relay.errors import ConfigError, InvalidEventError
-from relay.producer import Event, Outbox, check_topic, encode_payload
+from relay.producer import (
+    MAX_HEADERS,
+    MAX_HEADERS_BYTES,
+    MAX_KEY_BYTES,
+    Event,
+    Outbox,
+    check_topic,
+    encode_payload,
+)
 
 LIMIT = 1_000_000
 
@@ -188,3 +196,48 @@ def test_an_invalid_event_error_is_a_value_error() -> None:
 def test_outbox_names_must_be_plain_sql_names(schema: str, table: str) -> None:
     with pytest.raises(ConfigError, match="invalid outbox"):
         Outbox(schema, table)
+
+
+# Limits besides the payload (the CHECKs of migrations/0002_event_limits.sql).
+
+
+def _headers_of_size(size: int) -> dict[str, str]:
+    """One header whose jsonb text form, {"h": "..."}, is `size` bytes."""
+    return {"h": "x" * (size - len('{"h": ""}'))}
+
+
+def test_the_largest_key_headers_and_header_count_are_accepted() -> None:
+    Event("t", {}, key="é" * (MAX_KEY_BYTES // 2))
+    Event("t", {}, headers={f"h{n}": "v" for n in range(MAX_HEADERS)})
+    Event("t", {}, headers=_headers_of_size(MAX_HEADERS_BYTES))
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"key": "k" * (MAX_KEY_BYTES + 1)}, "is 1025 bytes long; the outbox allows at most 1024"),
+        # Bytes, not characters: 513 two-byte characters are 1026 bytes.
+        ({"key": "é" * 513}, "is 1026 bytes long; the outbox allows at most 1024"),
+        (
+            {"headers": {f"h{n}": "v" for n in range(MAX_HEADERS + 1)}},
+            "event has 65 headers; the outbox allows at most 64",
+        ),
+        (
+            {"headers": _headers_of_size(MAX_HEADERS_BYTES + 1)},
+            "headers are 65537 bytes as JSON; the outbox allows at most 65536",
+        ),
+        # A 10 MB header, as in the issue.
+        ({"headers": {"h": "x" * 10_000_000}}, "the outbox allows at most 65536"),
+        # Escapes count as jsonb writes them: a newline is two bytes, \u001b six.
+        (
+            {"headers": {"h": "\x1b" * (MAX_HEADERS_BYTES // 6)}},
+            "the outbox allows at most 65536",
+        ),
+    ],
+)
+def test_keys_and_headers_beyond_the_limits_raise_invalid_event_error(
+    fields: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(InvalidEventError) as caught:
+        Event("t", {}, **fields)
+    assert message in str(caught.value)
