@@ -26,7 +26,7 @@ import psycopg
 import structlog
 
 from relay import connection
-from relay.errors import DatabaseError, first_line
+from relay.errors import DatabaseError, PermanentDatabaseError, first_line
 
 log = structlog.get_logger("relay.leadership")
 
@@ -64,6 +64,13 @@ class Leadership:
         self._watch: asyncio.Task[None] | None = None
         #: Set when leadership held by this process was lost.
         self.lost = asyncio.Event()
+        #: Why the last attempt to take the lock failed; None once one got an answer.
+        self.problem: str | None = None
+
+    @property
+    def connected(self) -> bool:
+        """True while the lock connection is open and its last query worked (probes)."""
+        return self._conn is not None and not self._conn.closed and self.problem is None
 
     @property
     def held(self) -> bool:
@@ -73,6 +80,7 @@ class Leadership:
     async def acquire(self, stop: asyncio.Event) -> bool:
         """Wait until this process is the leader (True), or until `stop` is set (False)."""
         waiting_logged = False
+        failures = 0
         while not stop.is_set():
             try:
                 if await self._try_lock():
@@ -83,10 +91,14 @@ class Leadership:
                 if not waiting_logged:
                     log.info("standing by: another relay is the leader", lock_id=self.lock_id)
                     waiting_logged = True
+                failures = 0
             except DatabaseError as exc:
-                log.warning("cannot take leadership", error=str(exc))
+                self.problem, failures = str(exc), failures + 1
+                permanent = isinstance(exc, PermanentDatabaseError)
+                (log.error if permanent else log.warning)("cannot take leadership", error=str(exc))
+            backoff = min(2 ** max(failures - 1, 0), 30)  # 1, 2, 4 ... 30 retry intervals
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), self._retry_interval_s)
+                await asyncio.wait_for(stop.wait(), self._retry_interval_s * backoff)
         return False
 
     async def _try_lock(self) -> bool:
@@ -97,7 +109,8 @@ class Leadership:
             row = await cursor.fetchone()
         except psycopg.Error as exc:
             await self._close()
-            raise DatabaseError(f"leadership check failed: {first_line(exc)}") from None
+            raise DatabaseError(f"advisory lock query failed: {first_line(exc)}") from None
+        self.problem = None
         return bool(row and row[0])
 
     async def _check(self) -> None:
