@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import ssl
 from collections.abc import Sequence
 from typing import Any, Final
@@ -29,6 +30,17 @@ STOP_TIMEOUT_S: Final = 5.0
 METADATA_MAX_AGE_MS: Final = 60_000
 #: How long `probe` waits for the answer to its metadata request.
 PROBE_TIMEOUT_S: Final = 10.0
+
+
+class _InitProducerIdReported(logging.Filter):
+    """Drop aiokafka's own line for a refused InitProducerId: `idempotence_refused` says
+    it once, with the fix, instead of a class name on every retry."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Unexpected error during InitProducerId")
+
+
+logging.getLogger("aiokafka.producer.sender").addFilter(_InitProducerIdReported())
 
 
 def idempotence_refused(servers: str, exc: BaseException) -> str:
