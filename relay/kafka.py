@@ -33,8 +33,10 @@ PROBE_TIMEOUT_S: Final = 10.0
 
 
 class _InitProducerIdReported(logging.Filter):
-    """Drop aiokafka's own line for a refused InitProducerId: `idempotence_refused` says
-    it once, with the fix, instead of a class name on every retry."""
+    """Drop aiokafka's own line for a refused InitProducerId.
+
+    `idempotence_refused` says it once, with the fix, instead of a class name per retry.
+    """
 
     def filter(self, record: logging.LogRecord) -> bool:
         return not record.getMessage().startswith("Unexpected error during InitProducerId")
