@@ -156,12 +156,11 @@ def _int(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
 
 def _seconds_at_least(minimum_s: float) -> Callable[[str], float]:
     def parse(value: str) -> float:
-        try:
-            seconds = parse_duration(value)
-        except ValueError:
+        if not _DURATION.match(value):
             raise ValueError(
                 f"expected seconds or a duration like 500ms, 5s, 2m, got {value[:40]!r}"
-            ) from None
+            )
+        seconds = parse_duration(value)  # ValueError when longer than a century
         if seconds < minimum_s:
             raise ValueError(f"must be at least {minimum_s:g}s, got {value!r}")
         return seconds
