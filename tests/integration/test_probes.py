@@ -16,9 +16,11 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from relay import decisions
 from relay._embedded import EmbeddedBroker, EmbeddedPostgres, free_port
 from relay.config import Settings
 from tests.integration.test_http import HttpRelay, running_relay, wait_until
+from tests.support import run_cli
 
 
 def readyz(relay: HttpRelay) -> tuple[int, str]:
@@ -157,3 +159,22 @@ def test_a_wrong_password_is_named(
         assert readyz(relay)[0] == 503
         errors = [line for line in relay_lines(relay) if line.get("level") == "error"]
         assert any("authentication failed" in str(line.get("error")) for line in errors)
+
+
+@pytest.mark.parametrize("mode", ["poll", "wal"])
+def test_a_standby_with_a_missing_table_exits_2_without_waiting_to_lead(
+    empty_database_url: str, broker: EmbeddedBroker, mode: str
+) -> None:
+    """Another process holds the lock: the setup checks still run, and are fatal."""
+    lock_id = decisions.lock_id_for("public", "outbox")
+    with psycopg.connect(empty_database_url, autocommit=True) as holder:
+        holder.execute("SELECT pg_advisory_lock(%s)", (lock_id,))
+        result = run_cli(
+            "run", "--mode", mode, "--database-url", empty_database_url,
+            "--bootstrap-servers", broker.bootstrap_servers, "--log-format", "json",
+            timeout=30,
+        )  # fmt: skip
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        "outbox-relay: error: table public.outbox does not exist: run outbox-relay migrate"
+    )
