@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import pathlib
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -178,3 +179,24 @@ def test_a_standby_with_a_missing_table_exits_2_without_waiting_to_lead(
     assert result.stderr.strip().splitlines()[-1] == (
         "outbox-relay: error: table public.outbox does not exist: run outbox-relay migrate"
     )
+
+
+def test_a_broker_that_accepts_but_never_answers_gets_a_line_before_30_s(
+    settings: Settings, tmp_path: Path
+) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as silent:  # accepts, never answers
+        settings = Settings(
+            database_url=settings.database_url,
+            bootstrap_servers=f"127.0.0.1:{silent.getsockname()[1]}",
+        )
+        started = time.monotonic()
+        with running_relay(settings, tmp_path, "--kafka-enable-idempotence", "false") as relay:
+            wait_until(
+                "a line about the silent broker",
+                lambda: any(
+                    line.get("event") == "kafka has not answered yet; still waiting"
+                    for line in relay_lines(relay)
+                ),
+                timeout_s=25,
+            )
+            assert time.monotonic() - started < 30
