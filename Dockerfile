@@ -21,10 +21,12 @@ FROM python:3.12-slim AS runtime
 RUN groupadd --system --gid 10001 relay \
     && useradd --system --uid 10001 --gid relay --no-create-home --shell /usr/sbin/nologin relay
 COPY --from=build /opt/venv /opt/venv
+# Probes come from outside the container: listen on every interface, not loopback.
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     RELAY_HTTP_PORT=8080 \
+    RELAY_HTTP_HOST=0.0.0.0 \
     RELAY_LOG_FORMAT=json
 USER 10001:10001
 EXPOSE 8080

@@ -179,12 +179,16 @@ def _selection(
     )
 
 
-def _require_filter_or_all(selection: Selection, *, everything: bool, what: str) -> None:
+def _require_filter_or_all(
+    selection: Selection, *, everything: bool, what: str, by_time: bool = True
+) -> None:
     if selection.filtered and everything:
         raise BadInputError(f"--all {what} cannot be combined with filters")
     if not selection.filtered and not everything:
+        # Name only the filters this command takes (retry and skip have no time range).
+        time_range = " --since/--until," if by_time else ""
         raise BadInputError(
-            f"say which events to {what}: --topic, --key, --event-id, --since/--until, or --all"
+            f"say which events to {what}: --topic, --key, --event-id,{time_range} or --all"
         )
 
 
@@ -682,7 +686,7 @@ def _parked_selection(
         until=None,
         state=EventState.PARKED,
     )
-    _require_filter_or_all(selection, everything=everything, what="change")
+    _require_filter_or_all(selection, everything=everything, what="change", by_time=False)
     return selection
 
 

@@ -24,6 +24,24 @@ from relay.errors import ConfigError
 ENV_PREFIX: Final = "RELAY_"
 #: Environment variables with the prefix that are not settings.
 ENV_NOT_SETTINGS: Final = frozenset({"RELAY_CONFIG"})
+#: Kubernetes service links for a Service named ``relay`` or ``relay-<x>`` (kubelet
+#: injects them unless ``enableServiceLinks: false``): ``RELAY_SERVICE_HOST``,
+#: ``RELAY_SERVICE_PORT[_<NAME>]``, ``RELAY_PORT_<n>_TCP[_PROTO|_PORT|_ADDR]``, and
+#: ``RELAY_PORT`` / ``RELAY_HTTP_PORT`` holding ``tcp://10.0.0.1:80``.
+_SERVICE_LINK_NAME: Final = re.compile(
+    r"^RELAY(?:_[A-Z0-9_]+)?_(?:SERVICE_HOST|SERVICE_PORT(?:_[A-Z0-9_]+)?"
+    r"|PORT_\d+_(?:TCP|UDP|SCTP)(?:_PROTO|_PORT|_ADDR)?)$"
+)
+_SERVICE_LINK_VALUE: Final = re.compile(r"^(?:tcp|udp|sctp)://[^\s/]+:\d+$")
+#: PostgreSQL's NAMEDATALEN - 1: the longest identifier, in bytes.
+MAX_NAME_BYTES: Final = 63
+#: The longest suffix of the objects named after the outbox table (``<table>_headers_object``).
+OWN_NAME_SUFFIX_BYTES: Final = len("_headers_object")
+MIN_POLL_INTERVAL_S: Final = 0.01
+#: Durations beyond a century are typing mistakes (and overflow dates and timers).
+MAX_DURATION_S: Final = 100 * 365 * 86400.0
+MAX_LOCK_ID: Final = 2**63 - 1
+MAX_PORT: Final = 65535
 
 
 class Mode(enum.StrEnum):
@@ -72,6 +90,7 @@ class Settings:
     heartbeat_interval: float = 10.0
     lock_id: int = 0
     http_port: int = 0
+    http_host: str = "127.0.0.1"
     shutdown_timeout: float = 30.0
     log_level: str = "info"
     log_format: str = "auto"
@@ -123,26 +142,36 @@ def _text(value: str) -> str:
     return value
 
 
-def _int(minimum: int) -> Callable[[str], int]:
+def _int(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
     def parse(value: str) -> int:
         try:
             number = int(value)
         except ValueError:
-            raise ValueError(f"expected an integer, got {value!r}") from None
+            raise ValueError(f"expected an integer, got {value[:40]!r}") from None
         if number < minimum:
             raise ValueError(f"must be at least {minimum}, got {number}")
+        if maximum is not None and number > maximum:
+            raise ValueError(f"must be at most {maximum}, got {number}")
         return number
 
     return parse
 
 
-def _seconds(value: str) -> float:
-    try:
-        return parse_duration(value)
-    except ValueError:
-        raise ValueError(
-            f"expected seconds or a duration like 500ms, 5s, 2m, got {value!r}"
-        ) from None
+def _seconds_at_least(minimum_s: float) -> Callable[[str], float]:
+    def parse(value: str) -> float:
+        if not _DURATION.match(value):
+            raise ValueError(
+                f"expected seconds or a duration like 500ms, 5s, 2m, got {value[:40]!r}"
+            )
+        seconds = parse_duration(value)  # ValueError when longer than a century
+        if seconds < minimum_s:
+            raise ValueError(f"must be at least {minimum_s:g}s, got {value!r}")
+        return seconds
+
+    return parse
+
+
+_seconds = _seconds_at_least(0.0)
 
 
 def _bool(value: str) -> bool:
@@ -172,8 +201,57 @@ def _identifier(value: str) -> str:
     # names that users can also type in psql without quoting, and that fit NAMEDATALEN.
     if not _IDENTIFIER.match(value):
         raise ValueError(
-            f"expected a plain SQL name (letters, digits, _; at most 63 characters), got {value!r}"
+            f"expected a plain SQL name (letters, digits, _; at most 63 characters), "
+            f"got {value[:80]!r}"
         )
+    return value
+
+
+def _table_name(value: str) -> str:
+    # The outbox's own objects are named <table>_<suffix> and must fit NAMEDATALEN too,
+    # or PostgreSQL would truncate them to names that collide.
+    _identifier(value)
+    longest = MAX_NAME_BYTES - OWN_NAME_SUFFIX_BYTES
+    if len(value) > longest:
+        raise ValueError(
+            f"at most {longest} characters (its objects are named {value[:10]}..._headers_object "
+            f"and PostgreSQL names stop at {MAX_NAME_BYTES}), got {len(value)}"
+        )
+    return value
+
+
+_SLOT_NAME = re.compile(r"^[a-z0-9_]{1,63}$")
+
+
+def _slot_name(value: str) -> str:
+    # What PostgreSQL's ReplicationSlotValidateName accepts.
+    if not _SLOT_NAME.match(value):
+        raise ValueError(
+            "expected lower-case letters, digits and _ (at most 63), as PostgreSQL "
+            f"requires of slot names, got {value[:80]!r}"
+        )
+    return value
+
+
+_BOOTSTRAP_SERVER = re.compile(r"^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+)(?::(\d+))?$")
+
+
+def _bootstrap_servers(value: str) -> str:
+    servers = [server.strip() for server in value.split(",")]
+    if not any(servers):
+        raise ValueError("expected host:port[,host:port...], got nothing")
+    for server in servers:
+        match = _BOOTSTRAP_SERVER.match(server)
+        if not match:
+            raise ValueError(f"expected host:port, got {server[:80]!r}")
+        if match[1] is not None and not 1 <= int(match[1]) <= MAX_PORT:
+            raise ValueError(f"port must be 1-{MAX_PORT}, got {server[:80]!r}")
+    return ",".join(servers)
+
+
+def _host(value: str) -> str:
+    if not re.match(r"^(?:[A-Za-z0-9_.:-]+)$", value):
+        raise ValueError(f"expected a host name or address, got {value[:80]!r}")
     return value
 
 
@@ -208,17 +286,25 @@ OPTIONS: Final[tuple[Option, ...]] = (
         _database_url,
         secret=True,
     ),
-    Option("bootstrap_servers", "Kafka bootstrap servers, comma-separated host:port", _text),
+    Option(
+        "bootstrap_servers",
+        "Kafka bootstrap servers, comma-separated host:port",
+        _bootstrap_servers,
+    ),
     Option("mode", "poll the outbox table, or tail the WAL", _choice("poll", "wal")),
     Option("schema", "schema of the outbox table", _identifier),
-    Option("table", "name of the outbox table", _identifier),
+    Option("table", "name of the outbox table", _table_name),
     Option(
         "on_sent",
         "after Kafka acknowledged an event: mark the row sent, delete it, or (wal) leave it",
         _choice("mark", "delete", "none"),
     ),
     Option("batch_size", "events fetched and published per batch", _int(1)),
-    Option("poll_interval", "seconds between polls when no notification comes", _seconds),
+    Option(
+        "poll_interval",
+        "seconds between polls when no notification comes (at least 10ms)",
+        _seconds_at_least(MIN_POLL_INTERVAL_S),
+    ),
     Option(
         "poison",
         "park: later events of a parked event's key wait; skip: they go on",
@@ -235,7 +321,7 @@ OPTIONS: Final[tuple[Option, ...]] = (
         "route events to a topic built from row fields, e.g. 'outbox.{aggregate_type}'",
         _topic_template,
     ),
-    Option("slot_name", "logical replication slot used in wal mode", _identifier),
+    Option("slot_name", "logical replication slot used in wal mode", _slot_name),
     Option("publication", "publication of the outbox table used in wal mode", _identifier),
     Option(
         "message_prefix",
@@ -248,14 +334,21 @@ OPTIONS: Final[tuple[Option, ...]] = (
         _text,
     ),
     Option(
-        "heartbeat_interval", "seconds between WAL heartbeats that keep the slot moving", _seconds
+        "heartbeat_interval",
+        "seconds between WAL heartbeats that keep the slot moving",
+        _seconds_at_least(0.1),
     ),
     Option(
         "lock_id",
         "unused since leadership is a lease row (migration 0003); accepted for old configs",
-        _int(0),
+        _int(0, MAX_LOCK_ID),
     ),
-    Option("http_port", "port of /healthz, /readyz and /metrics (0: off)", _int(0)),
+    Option("http_port", "port of /healthz, /readyz and /metrics (0: off)", _int(0, MAX_PORT)),
+    Option(
+        "http_host",
+        "address the HTTP endpoints listen on (0.0.0.0: every interface, as in a container)",
+        _host,
+    ),
     Option("shutdown_timeout", "seconds to finish the batch in flight on SIGTERM", _seconds),
     Option(
         "log_level", "debug, info, warning or error", _choice("debug", "info", "warning", "error")
@@ -296,6 +389,7 @@ OPTIONS: Final[tuple[Option, ...]] = (
 )
 
 OPTIONS_BY_NAME: Final = {option.name: option for option in OPTIONS}
+_ENV_OPTION_NAMES: Final = frozenset(option.env for option in OPTIONS)
 assert set(OPTIONS_BY_NAME) == {f.name for f in dataclasses.fields(Settings)}  # noqa: S101
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
@@ -306,9 +400,12 @@ def parse_duration(value: str) -> float:
     """Seconds in a duration such as ``1.5``, ``500ms``, ``30s``, ``2m``, ``7d``."""
     match = _DURATION.match(value)
     if not match:
-        raise ValueError(f"malformed duration {value!r}; use e.g. 500ms, 30s, 15m, 2h, 7d")
+        raise ValueError(f"malformed duration {value[:40]!r}; use e.g. 500ms, 30s, 15m, 2h, 7d")
     number, unit = match.groups()
-    return float(number) * _DURATION_UNITS_S[unit or "s"]
+    seconds = float(number) * _DURATION_UNITS_S[unit or "s"]
+    if not seconds <= MAX_DURATION_S:  # also refuses inf, which float() gives for 1e999
+        raise ValueError(f"duration {value[:40]!r} is longer than 100 years")
+    return seconds
 
 
 def libpq_url(url: str) -> str:
@@ -379,6 +476,12 @@ def read_file(path: Path) -> dict[str, object]:
         raise ConfigError(f"config file {path} does not exist") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"config file {path} is not valid TOML: not UTF-8 at byte {exc.start}"
+        ) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
     flat: dict[str, object] = {}
     for key, value in document.items():
         if key == "kafka" and isinstance(value, dict):
@@ -408,6 +511,8 @@ def load_settings(
     for key, raw in environ.items():
         if not key.startswith(ENV_PREFIX) or key in ENV_NOT_SETTINGS:
             continue
+        if is_service_link(key, raw):
+            continue
         if key not in env_names:
             raise _unknown(key, list(env_names), "the environment")
         option = env_names[key]
@@ -420,6 +525,27 @@ def load_settings(
     return _build(values)
 
 
+def is_service_link(name: str, value: str) -> bool:
+    """True for a variable Kubernetes injects for a Service, not a setting.
+
+    Recognised by its shape: a Service named ``relay`` gives ``RELAY_PORT=tcp://...``,
+    one named ``relay-http`` gives ``RELAY_HTTP_PORT=tcp://...`` (so the value, a URL,
+    tells it from ``--http-port``).
+    """
+    if _SERVICE_LINK_VALUE.match(value) and name.endswith("_PORT"):
+        return True
+    return name not in _ENV_OPTION_NAMES and bool(_SERVICE_LINK_NAME.match(name))
+
+
+def service_links(environ: Mapping[str, str]) -> list[str]:
+    """The names of the Kubernetes service-link variables `load_settings` ignores."""
+    return sorted(
+        key
+        for key, value in environ.items()
+        if key.startswith(ENV_PREFIX) and is_service_link(key, value)
+    )
+
+
 def _build(values: dict[str, Any]) -> Settings:
     enums: dict[str, Callable[[Any], Any]] = {
         "mode": Mode,
@@ -428,6 +554,11 @@ def _build(values: dict[str, Any]) -> Settings:
     }
     converted = {key: enums[key](value) if key in enums else value for key, value in values.items()}
     settings = Settings(**converted)
+    if len(f"{settings.schema}.{settings.table}".encode()) > MAX_NAME_BYTES:
+        raise ConfigError(
+            f"invalid table: {settings.schema}.{settings.table} is longer than "
+            f"{MAX_NAME_BYTES} bytes, the longest notification channel PostgreSQL accepts"
+        )
     if settings.on_sent is OnSent.NONE and settings.mode is Mode.POLL:
         raise ConfigError(
             "invalid on_sent: 'none' works only with --mode wal (poll mode reads sent_at)"

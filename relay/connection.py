@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 from collections.abc import Sequence
 from typing import Any, Final
 
 import psycopg
 from psycopg import sql
 
-from relay.errors import DatabaseError, first_line
+from relay.errors import DatabaseError, PermanentDatabaseError, first_line
 
 APPLICATION_NAME: Final = "outbox-relay"
 CONNECT_TIMEOUT_S: Final = 10
@@ -39,9 +40,68 @@ SERVER_KEEPALIVES: Final = (
 Row = tuple[Any, ...]
 
 
+#: SQLSTATEs of refusals that retrying alone does not cure, and what each means.
+PERMANENT_SQLSTATES: Final = {
+    "28P01": "authentication failed",
+    "28000": "authorization failed",
+    "3D000": "database does not exist",
+    "42501": "permission denied",
+}
+#: libpq reports a refused connection without a SQLSTATE (there is no result, only the
+#: server's FATAL text): these are PostgreSQL's English messages for the same refusals.
+_PERMANENT_MESSAGES: Final = (
+    (re.compile(r"password authentication failed|no password supplied|authentication failed"),
+     "authentication failed"),
+    (re.compile(r'database "[^"]*" does not exist'), "database does not exist"),
+    (re.compile(r'role "[^"]*" does not exist'), "role does not exist"),
+    (re.compile(r"no pg_hba\.conf entry"), "not allowed by pg_hba.conf"),
+    (re.compile(r"is not permitted to log in"), "role may not log in"),
+    (re.compile(r"permission denied for database"), "no CONNECT privilege on the database"),
+)  # fmt: skip
+_FIXES: Final = {
+    "authentication failed": "check the user and password in --database-url",
+    "database does not exist": "check the database name in --database-url, or create it",
+    "role does not exist": "check the user in --database-url, or create the role",
+    "not allowed by pg_hba.conf": "add a pg_hba.conf entry for this host, user and database",
+    "role may not log in": "ALTER ROLE ... LOGIN",
+    "no CONNECT privilege on the database": "GRANT CONNECT ON DATABASE ... TO the role",
+}
+
+
+def permanent_reason(exc: psycopg.Error) -> str | None:
+    """What is wrong when `exc` is a refusal retrying will not cure, else None."""
+    if exc.sqlstate in PERMANENT_SQLSTATES:
+        return PERMANENT_SQLSTATES[exc.sqlstate]
+    text = str(exc)
+    for pattern, reason in _PERMANENT_MESSAGES:
+        if pattern.search(text):
+            return reason
+    return None
+
+
 def translate(exc: psycopg.Error, what: str) -> DatabaseError:
     """Our `DatabaseError` for `exc`, its message starting with `what`."""
     return DatabaseError(f"{what}: {first_line(exc)}")
+
+
+def connect_error(exc: psycopg.Error, what: str = "cannot connect to PostgreSQL") -> DatabaseError:
+    """`translate` for a failed connection attempt.
+
+    A refusal retrying will not cure is a `PermanentDatabaseError` naming what it is.
+    """
+    reason = permanent_reason(exc)
+    if reason is not None:
+        fix = _FIXES.get(reason, "")
+        return PermanentDatabaseError(
+            f"{what}: {reason}: {_server_part(first_line(exc))}" + (f" ({fix})" if fix else ""),
+            reason,
+        )
+    return DatabaseError(f"{what}: {first_line(exc)}")
+
+
+def _server_part(line: str) -> str:
+    # libpq prefixes the server's words with where it connected: keep only the words.
+    return re.sub(r"^.*FATAL:\s+", "", line)
 
 
 def options(purpose: str | None = None) -> dict[str, Any]:
@@ -63,7 +123,7 @@ async def connect(
     try:
         conn = await psycopg.AsyncConnection.connect(conninfo, autocommit=True, **options(purpose))
     except psycopg.Error as exc:
-        raise translate(exc, "cannot connect to PostgreSQL") from None
+        raise connect_error(exc) from None
     try:
         for statement in (*SERVER_KEEPALIVES, *session):
             await conn.execute(statement)

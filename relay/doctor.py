@@ -13,13 +13,15 @@ import contextlib
 import dataclasses
 import enum
 import logging
+import re
 from collections.abc import Callable, Sequence
 from typing import Any, Final
 
 import psycopg
+from psycopg import sql
 from psycopg.rows import dict_row
 
-from relay import admin, decisions, kafka, migrate
+from relay import admin, connection, decisions, kafka, migrate
 from relay import sql as relay_sql
 from relay.config import Mode, OnSent, Settings
 from relay.errors import ConfigError, first_line
@@ -30,6 +32,17 @@ BROKER_TIMEOUT_S: Final = 5.0
 #: share of max_slot_wal_keep_size.
 SAFE_WAL_WARN_FRACTION: Final = 0.2
 AUTO_CREATE_CONFIG: Final = "auto.create.topics.enable"
+_PLAIN_NAME: Final = re.compile(r"^[a-z_][a-z0-9_$]*$")
+
+
+def sql_name(*parts: str) -> str:
+    """``schema.table`` as it can be pasted into psql: quoted when not plain lower case.
+
+    An unquoted ``Events.Outbox`` would be folded to ``events.outbox`` and miss.
+    """
+    if all(_PLAIN_NAME.match(part) for part in parts):
+        return ".".join(parts)
+    return sql.Identifier(*parts).as_string(None)
 
 
 class Level(enum.StrEnum):
@@ -106,6 +119,8 @@ class BrokerFacts:
     brokers: int = 0
     #: ``auto.create.topics.enable`` of a broker; None when it cannot be read.
     auto_create: bool | None = None
+    #: Why the broker refused the idempotent producer; None when it did not (or untried).
+    idempotence_refused: str | None = None
 
 
 def connect(settings: Settings) -> psycopg.Connection[Any]:
@@ -255,7 +270,26 @@ async def broker_facts(settings: Settings, timeout_s: float = BROKER_TIMEOUT_S) 
         topics=frozenset(topics),
         brokers=len(brokers),
         auto_create=auto_create,
+        idempotence_refused=await _idempotence_refused(settings, timeout_s),
     )
+
+
+async def _idempotence_refused(settings: Settings, timeout_s: float) -> str | None:
+    """Start the relay's own producer once: the broker answers InitProducerId or not."""
+    if not settings.kafka_enable_idempotence:
+        return None
+    from relay.errors import BrokerCapabilityError, BrokerError
+
+    publisher = kafka.KafkaPublisher(settings)
+    try:
+        await asyncio.wait_for(publisher.start(), timeout_s * 2)
+    except BrokerCapabilityError as exc:
+        return str(exc)
+    except (BrokerError, TimeoutError):
+        return None  # not a capability problem; "broker reachable" speaks for the rest
+    finally:
+        await publisher.stop()
+    return None
 
 
 def auto_create_from(responses: Sequence[Any]) -> bool | None:
@@ -292,7 +326,8 @@ def check_migrations(facts: DatabaseFacts, settings: Settings) -> Check:
             name,
             Level.WARN,
             f"role {facts.role} cannot read {outbox}_migrations",
-            f"GRANT SELECT ON {settings.schema}.{settings.table}_migrations TO {facts.role}",
+            f"GRANT SELECT ON {sql_name(settings.schema, settings.table + '_migrations')} "
+            f"TO {sql_name(facts.role)}",
         )
     if facts.pending_versions:
         missing = ", ".join(f"{v:04d}" for v in facts.pending_versions)
@@ -328,7 +363,7 @@ def check_replication_privilege(facts: DatabaseFacts, settings: Settings) -> Che
         name,
         Level.FAIL,
         f"role {facts.role} lacks REPLICATION",
-        f"ALTER ROLE {facts.role} REPLICATION",
+        f"ALTER ROLE {sql_name(facts.role)} REPLICATION",
     )
 
 
@@ -338,9 +373,8 @@ def check_publication(facts: DatabaseFacts, settings: Settings) -> Check:
     if skipped := _wal_only(name, settings):
         return skipped
     outbox = f"{settings.schema}.{settings.table}"
-    create = (
-        f"CREATE PUBLICATION {settings.publication} FOR TABLE {outbox} WITH (publish = 'insert')"
-    )
+    table, publication = sql_name(settings.schema, settings.table), sql_name(settings.publication)
+    create = f"CREATE PUBLICATION {publication} FOR TABLE {table} WITH (publish = 'insert')"
     if facts.publication is None:
         return Check(name, Level.FAIL, f"publication {settings.publication} does not exist", create)
     publishes_inserts, covers = facts.publication
@@ -349,14 +383,14 @@ def check_publication(facts: DatabaseFacts, settings: Settings) -> Check:
             name,
             Level.FAIL,
             f"publication {settings.publication} does not include {outbox}",
-            f"ALTER PUBLICATION {settings.publication} ADD TABLE {outbox}",
+            f"ALTER PUBLICATION {publication} ADD TABLE {table}",
         )
     if not publishes_inserts:
         return Check(
             name,
             Level.FAIL,
             f"publication {settings.publication} does not publish inserts",
-            f"ALTER PUBLICATION {settings.publication} SET (publish = 'insert')",
+            f"ALTER PUBLICATION {publication} SET (publish = 'insert')",
         )
     return Check(name, Level.OK, f"{settings.publication} publishes inserts of {outbox}")
 
@@ -464,7 +498,8 @@ def check_heartbeat(facts: DatabaseFacts, settings: Settings) -> Check:
         name,
         Level.FAIL,
         f"role {facts.role} cannot execute pg_logical_emit_message",
-        f"GRANT EXECUTE ON FUNCTION pg_logical_emit_message(boolean, text, text) TO {facts.role}",
+        "GRANT EXECUTE ON FUNCTION pg_logical_emit_message(boolean, text, text) "
+        f"TO {sql_name(facts.role)}",
     )
 
 
@@ -479,7 +514,7 @@ def check_privileges(facts: DatabaseFacts, settings: Settings) -> Check:
             name,
             Level.FAIL,
             f"role {facts.role} lacks USAGE on schema {settings.schema}",
-            f"GRANT USAGE ON SCHEMA {settings.schema} TO {facts.role}",
+            f"GRANT USAGE ON SCHEMA {sql_name(settings.schema)} TO {sql_name(facts.role)}",
         )
     needed = {"SELECT": facts.can_select, "UPDATE": facts.can_update}
     if settings.on_sent is OnSent.DELETE:
@@ -490,14 +525,16 @@ def check_privileges(facts: DatabaseFacts, settings: Settings) -> Check:
             name,
             Level.FAIL,
             f"role {facts.role} lacks {', '.join(missing)} on {outbox}",
-            f"GRANT {', '.join(missing)} ON {outbox} TO {facts.role}",
+            f"GRANT {', '.join(missing)} ON {sql_name(settings.schema, settings.table)} "
+            f"TO {sql_name(facts.role)}",
         )
     if not facts.can_delete:
         return Check(
             name,
             Level.WARN,
             f"role {facts.role} lacks DELETE on {outbox} (purge needs it)",
-            f"GRANT DELETE ON {outbox} TO {facts.role}, or purge with another role",
+            f"GRANT DELETE ON {sql_name(settings.schema, settings.table)} "
+            f"TO {sql_name(facts.role)}, or purge with another role",
         )
     return Check(name, Level.OK, f"role {facts.role} may read, mark and delete {outbox}")
 
@@ -574,6 +611,24 @@ def check_broker(broker: BrokerFacts, settings: Settings) -> Check:
     )
 
 
+def check_idempotence(broker: BrokerFacts, settings: Settings) -> Check:
+    """With idempotence on (the default), the broker must grant a producer id."""
+    name = "idempotent producer"
+    if not settings.kafka_enable_idempotence:
+        return Check(name, Level.SKIP, "kafka_enable_idempotence is off")
+    if not broker.reachable:
+        return Check(name, Level.SKIP, "broker unreachable")
+    if broker.idempotence_refused:
+        return Check(
+            name,
+            Level.FAIL,
+            broker.idempotence_refused,
+            "set --kafka-enable-idempotence false (duplicates on producer retries), "
+            "or use a broker or permission that grants InitProducerId",
+        )
+    return Check(name, Level.OK, "the broker grants producer ids")
+
+
 def check_topics(broker: BrokerFacts, pending_topics: frozenset[str]) -> Check:
     """Topics of pending events exist, or the cluster creates them on first use."""
     name = "topics"
@@ -631,10 +686,12 @@ def _gather(settings: Settings) -> tuple[DatabaseFacts | None, Check]:
     try:
         conn = connect(settings)
     except psycopg.Error as exc:
+        # Name what a refusal is (authentication failed, database does not exist, ...).
+        error = connection.connect_error(exc, "cannot connect")
         return None, Check(
             name,
             Level.FAIL,
-            first_line(exc),
+            str(error).removeprefix("cannot connect: "),
             "check --database-url, that PostgreSQL runs, and pg_hba.conf",
         )
     with conn:
@@ -679,5 +736,6 @@ def run(settings: Settings) -> list[Check]:
     finally:
         kafka_logger.setLevel(level)
     checks.append(check_broker(broker, settings))
+    checks.append(check_idempotence(broker, settings))
     checks.append(check_topics(broker, facts.pending_topics if facts else frozenset()))
     return checks

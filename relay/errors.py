@@ -26,8 +26,27 @@ class DatabaseError(RelayError):
     """PostgreSQL could not be reached or refused what we asked."""
 
 
+class PermanentDatabaseError(DatabaseError):
+    """PostgreSQL refused the connection for a reason retrying alone will not fix.
+
+    Wrong password, missing database or role, no pg_hba.conf entry: the relay still
+    retries (the database may be created after the sidecar starts), but says what it is.
+    """
+
+    #: What is wrong, in a few words ("authentication failed").
+    reason: str = ""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
 class BrokerError(RelayError):
     """The Kafka cluster could not be reached or refused what we asked."""
+
+
+class BrokerCapabilityError(BrokerError):
+    """The broker lacks something the settings ask for (the idempotent producer)."""
 
 
 class MigrationError(RelayError):

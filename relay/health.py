@@ -2,6 +2,8 @@
 
 Ready means: connected to PostgreSQL and to the broker, and not stalled. Stalled means
 events are pending but nothing was acknowledged for `stall_after_s` (the watchdog).
+A standby is ready when its lock connection and the broker answer: it can take over.
+When not ready, the reason names the failing part and, when known, what it said.
 """
 
 from __future__ import annotations
@@ -23,6 +25,9 @@ class Health:
     leader: bool = False
     pending_events: int = 0
     last_progress_s: float = dataclasses.field(default_factory=time.monotonic)
+    #: The last error from PostgreSQL / the broker while not connected ("" when unknown).
+    database_error: str = ""
+    broker_error: str = ""
 
     def progressed(self, now_s: float) -> None:
         """Record that a batch was acknowledged, or that nothing was pending."""
@@ -31,9 +36,9 @@ class Health:
     def readiness(self, now_s: float) -> tuple[bool, str]:
         """Whether the relay is ready, and why not when it is not."""
         if not self.database_connected:
-            return False, "not connected to PostgreSQL"
+            return False, _because("not connected to PostgreSQL", self.database_error)
         if not self.broker_connected:
-            return False, "not connected to the broker"
+            return False, _because("not connected to the broker", self.broker_error)
         stalled_for = now_s - self.last_progress_s
         if self.leader and self.pending_events > 0 and stalled_for > self.stall_after_s:
             return (
@@ -44,3 +49,7 @@ class Health:
                 ),
             )
         return True, "ready"
+
+
+def _because(what: str, error: str) -> str:
+    return f"{what}: {error}" if error else what

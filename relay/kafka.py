@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import ssl
 from collections.abc import Sequence
 from typing import Any, Final
@@ -15,7 +16,7 @@ from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
 from relay import decisions, tracing
 from relay.config import Settings
-from relay.errors import BrokerError, ConfigError, first_line
+from relay.errors import BrokerCapabilityError, BrokerError, ConfigError, first_line
 from relay.events import OutboxEvent, PublishFailure, PublishResult
 
 log = structlog.get_logger("relay.kafka")
@@ -27,6 +28,43 @@ START_TIMEOUT_S: Final = 30.0
 STOP_TIMEOUT_S: Final = 5.0
 #: Metadata is refreshed this often, so new partitions and moved leaders are seen soon.
 METADATA_MAX_AGE_MS: Final = 60_000
+#: How long `probe` waits for the answer to its metadata request.
+PROBE_TIMEOUT_S: Final = 10.0
+
+
+class _InitProducerIdReported(logging.Filter):
+    """Drop aiokafka's own line for a refused InitProducerId.
+
+    `idempotence_refused` says it once, with the fix, instead of a class name per retry.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Unexpected error during InitProducerId")
+
+
+logging.getLogger("aiokafka.producer.sender").addFilter(_InitProducerIdReported())
+
+
+def idempotence_refused(servers: str, exc: BaseException) -> str:
+    """The one line for a broker that refused InitProducerId (no idempotent producer).
+
+    aiokafka's ``start()`` bootstraps (metadata), then asks a broker for a producer id
+    when idempotence is on (``Sender._maybe_wait_for_pid``); the broker's error code comes
+    back raised as-is: tansu answers UnknownError, brokers without the API
+    UnsupportedVersion, Kafka before 2.8 ClusterAuthorizationFailed without the
+    IdempotentWrite permission.
+    """
+    name = type(exc).__name__
+    why = (
+        "the relay's user lacks the IdempotentWrite permission on the cluster"
+        if "Authorization" in name
+        else "it may not support the idempotent producer"
+    )
+    return (
+        f"the broker at {servers} refused InitProducerId ({name}): {why}; grant it, or set "
+        "--kafka-enable-idempotence false (RELAY_KAFKA_ENABLE_IDEMPOTENCE=false), which "
+        "trades duplicates on producer retries (per-key order still holds)"
+    )
 
 
 def producer_options(settings: Settings) -> dict[str, Any]:
@@ -154,12 +192,49 @@ class KafkaPublisher:
         try:
             await asyncio.wait_for(producer.start(), START_TIMEOUT_S)
         except Exception as exc:  # noqa: BLE001 - aiokafka raises many kinds; all mean "cannot"
+            # A broker answered the bootstrap metadata request: what failed after it is
+            # the producer id request, the only step left in start().
+            bootstrapped = bool(producer.client.cluster.brokers())
             await _quietly_stop(producer, STOP_TIMEOUT_S)
+            if (
+                self._settings.kafka_enable_idempotence
+                and bootstrapped
+                and not isinstance(exc, TimeoutError)
+            ):
+                raise BrokerCapabilityError(
+                    idempotence_refused(self._settings.bootstrap_servers, exc)
+                ) from None
             raise BrokerError(
                 f"cannot connect to Kafka at {self._settings.bootstrap_servers}: {first_line(exc)}"
             ) from None
         self._producer = producer
         self._fresh_producer_needed = False
+
+    async def probe(self) -> None:
+        """Connect when not connected, then ask a broker for metadata of no topic.
+
+        The cheapest request there is: it proves a broker answers while nothing is
+        published. Raises `BrokerError` when none does within `PROBE_TIMEOUT_S`.
+        """
+        from aiokafka.protocol.metadata import MetadataRequest
+
+        await self.start()
+        client = self._producer.client
+        try:
+            node_id = client.get_random_node()
+            if node_id is None:
+                raise BrokerError("no broker known")  # noqa: TRY301 - reported like the rest
+            await asyncio.wait_for(client.send(node_id, MetadataRequest([])), PROBE_TIMEOUT_S)
+        except TimeoutError:
+            raise BrokerError(
+                f"no broker at {self._settings.bootstrap_servers} answered a metadata "
+                f"request within {PROBE_TIMEOUT_S:g}s"
+            ) from None
+        except Exception as exc:  # noqa: BLE001 - aiokafka raises many kinds; all mean "cannot"
+            raise BrokerError(
+                f"no broker at {self._settings.bootstrap_servers} answered a metadata "
+                f"request: {first_line(exc)}"
+            ) from None
 
     async def stop(self) -> None:
         """Flush what is in flight (for at most `STOP_TIMEOUT_S`) and disconnect."""

@@ -39,7 +39,7 @@ from psycopg import sql
 
 from relay import connection
 from relay import sql as relay_sql
-from relay.errors import DatabaseError, MigrationError, first_line
+from relay.errors import DatabaseError, MigrationError, PermanentDatabaseError, first_line
 
 log = structlog.get_logger("relay.leadership")
 
@@ -131,6 +131,13 @@ class Leadership:
         self._watch: asyncio.Task[None] | None = None
         #: Set when leadership held by this process was lost.
         self.lost = asyncio.Event()
+        #: Why the last attempt to take the lock failed; None once one got an answer.
+        self.problem: str | None = None
+
+    @property
+    def connected(self) -> bool:
+        """True while the lock connection is open and its last query worked (probes)."""
+        return self._conn is not None and not self._conn.closed and self.problem is None
 
     @property
     def held(self) -> bool:
@@ -147,9 +154,11 @@ class Leadership:
         waiting_logged = False
         started = time.monotonic()
         warned_about: tuple[object, ...] | None = None
+        failures = 0
         while not stop.is_set():
             try:
                 epoch = await self._try_take()
+                self.problem = None  # the lease query answered: the connection is fine
                 if epoch is not None:
                     log.info("leadership acquired", outbox=self.outbox, epoch=epoch)
                     self._epoch = epoch
@@ -170,10 +179,14 @@ class Leadership:
                             **holder.describe(),
                         )
                         warned_about = key
+                failures = 0
             except DatabaseError as exc:
-                log.warning("cannot take leadership", error=str(exc))
+                self.problem, failures = str(exc), failures + 1
+                permanent = isinstance(exc, PermanentDatabaseError)
+                (log.error if permanent else log.warning)("cannot take leadership", error=str(exc))
+            backoff = min(2 ** max(failures - 1, 0), 30)  # 1, 2, 4 ... 30 retry intervals
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), self._retry_interval_s)
+                await asyncio.wait_for(stop.wait(), self._retry_interval_s * backoff)
         await self._close()  # a standby told to stop keeps no session open
         return False
 
@@ -201,7 +214,7 @@ class Leadership:
         except (psycopg.Error, TimeoutError) as exc:
             await self._close()
             reason = first_line(exc) if str(exc) else type(exc).__name__
-            raise DatabaseError(f"leadership check failed: {reason}") from None
+            raise DatabaseError(f"leadership lease query failed: {reason}") from None
 
     async def _try_take(self) -> int | None:
         row = await self._execute("take", ttl_s=self._ttl_s)

@@ -11,16 +11,24 @@ import asyncio
 import contextlib
 import datetime as dt
 import itertools
+import os
 import random
 import signal
 import time
-from typing import Final
+from typing import Any, Final, Protocol, runtime_checkable
 
+import psycopg
 import structlog
 
-from relay import decisions
+from relay import config, connection, decisions, slot
 from relay.config import Mode, OnSent, Settings
-from relay.errors import ConfigError, DatabaseError
+from relay.errors import (
+    BrokerCapabilityError,
+    BrokerError,
+    ConfigError,
+    DatabaseError,
+    PermanentDatabaseError,
+)
 from relay.health import Health
 from relay.kafka import KafkaPublisher
 from relay.leadership import Leadership
@@ -29,6 +37,7 @@ from relay.metrics import Metrics
 from relay.poll import PollSource
 from relay.publisher import Publisher
 from relay.source import Backlog, Source
+from relay.sql import query
 
 log = structlog.get_logger("relay.run")
 
@@ -40,6 +49,20 @@ BACKLOG_INTERVAL_S: Final = 5.0
 IDLE_BACKLOG_EVERY: Final = 12
 #: Seconds to wait before starting over when the source cannot start.
 RESTART_DELAY_S: Final = 2.0
+#: Seconds between the probes that keep /readyz true while nothing is published.
+PROBE_INTERVAL_S: Final = 5.0
+#: A broker that has not answered after this long gets a log line (start waits 30 s).
+SLOW_BROKER_LOG_S: Final = 10.0
+#: The longest wait between attempts to reach PostgreSQL or Kafka at start.
+MAX_RETRY_DELAY_S: Final = 30.0
+
+
+@runtime_checkable
+class Probed(Protocol):
+    """A publisher that can prove the broker answers without publishing (KafkaPublisher)."""
+
+    async def probe(self) -> None:
+        """Raise `relay.errors.BrokerError` when no broker answers."""
 
 
 def make_source(settings: Settings, metrics: Metrics) -> Source:
@@ -89,13 +112,20 @@ class Relay:
         self._oldest_unsent_age_s = 0.0
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Relay until `stop` is set; return within about ``shutdown_timeout`` after it."""
+        """Relay until `stop` is set; return within about ``shutdown_timeout`` after it.
+
+        Raises `ConfigError` (before leading, in every role) when the database can
+        never serve these settings: no outbox table, WAL mode not set up.
+        """
         summary = asyncio.create_task(self._summarise(stop), name="summary")
         # In the background: a broker that does not answer must not delay a standby's
         # readiness to lead, nor a shutdown (the first publish connects anyway).
         connecting = asyncio.create_task(self._connect_publisher(), name="kafka-connect")
         standby = asyncio.create_task(self._watch_standby_backlog(stop), name="standby-backlog")
+        probing = asyncio.create_task(self._probe(connecting), name="probes")
         try:
+            if not await self._check_database(stop):
+                return
             while await self.leadership.acquire(stop):
                 self._set_leader(leader=True)
                 try:
@@ -104,29 +134,138 @@ class Relay:
                     self._set_leader(leader=False)
                     await self.leadership.release()
         finally:
-            for task in (summary, connecting, standby):
+            for task in (summary, connecting, standby, probing):
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             await self.publisher.stop()
             log.info("relay stopped")
 
-    async def _connect_publisher(self) -> None:
-        """Connect to Kafka, retrying with backoff until it works (then /readyz knows)."""
+    async def _check_database(self, stop: asyncio.Event) -> bool:
+        """Wait (with backoff) until PostgreSQL answers, then run the fatal start checks.
+
+        Every role runs them, so a standby with settings that can never work exits now
+        instead of when it becomes the leader. False when `stop` came first.
+        """
         for failures in itertools.count(1):
             try:
-                await self.publisher.start()
+                conn = await connection.connect(self.settings.conninfo, "start checks")
+            except DatabaseError as exc:
+                self._database_failed(exc)
+                delay = decisions.backoff_s(failures, random.random, max_s=MAX_RETRY_DELAY_S)
+                level = log.error if isinstance(exc, PermanentDatabaseError) else log.warning
+                level("cannot connect to PostgreSQL; will keep trying", error=str(exc),
+                      retry_in_s=round(delay, 2))  # fmt: skip
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), delay)
+                if stop.is_set():
+                    return False
+                continue
+            try:
+                await start_checks(conn, self.settings)
+            except ConfigError:
+                raise
+            except DatabaseError as exc:  # the server went away between the two steps
+                self._database_failed(exc)
+                log.warning("start checks failed; will retry", error=str(exc))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), RESTART_DELAY_S)
+                if stop.is_set():
+                    return False
+                continue
+            finally:
+                await conn.close()
+            self.health.database_error = ""
+            return True
+        return False  # pragma: no cover - the loop above only ends by returning
+
+    def _database_failed(self, exc: DatabaseError) -> None:
+        self.health.database_connected = False
+        self.health.database_error = str(exc)
+
+    async def _connect_publisher(self) -> None:
+        """Connect to Kafka, retrying with backoff until it works (then /readyz knows).
+
+        A broker that lacks what the settings need (the idempotent producer) gets one
+        error line; the retries after it log at debug level only.
+        """
+        told: str | None = None
+        for failures in itertools.count(1):
+            try:
+                await self._start_publisher()
             except Exception as exc:  # noqa: BLE001 - any failure: try again later
-                delay = decisions.backoff_s(failures, random.random, max_s=30.0)
-                log.warning(
-                    "kafka unreachable; will keep trying",
-                    error=str(exc),
-                    retry_in_s=round(delay, 2),
-                )
+                delay = decisions.backoff_s(failures, random.random, max_s=MAX_RETRY_DELAY_S)
+                self.health.broker_connected = False
+                self.health.broker_error = str(exc)
+                if isinstance(exc, BrokerCapabilityError):
+                    if told != str(exc):
+                        log.error(str(exc))  # noqa: TRY400 - one line, no traceback
+                    else:
+                        log.debug("kafka still refuses", error=str(exc), retry_in_s=delay)
+                    told = str(exc)
+                else:
+                    log.warning(
+                        "kafka unreachable; will keep trying",
+                        error=str(exc),
+                        retry_in_s=round(delay, 2),
+                    )
                 await asyncio.sleep(delay)
             else:
                 self.health.broker_connected = True
+                self.health.broker_error = ""
                 return
+
+    async def _start_publisher(self) -> None:
+        """`Publisher.start`, with a log line when the broker is slow to answer."""
+        starting = asyncio.ensure_future(self.publisher.start())
+        try:
+            done, _ = await asyncio.wait({starting}, timeout=SLOW_BROKER_LOG_S)
+            if not done:
+                log.warning(
+                    "kafka has not answered yet; still waiting",
+                    bootstrap_servers=self.settings.bootstrap_servers,
+                    waited_s=SLOW_BROKER_LOG_S,
+                )
+            await starting
+        finally:
+            if not starting.done():
+                starting.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await starting
+
+    async def _probe(self, connecting: asyncio.Task[None]) -> None:
+        """Keep /readyz true when the relay loop says nothing: standing by, or idle.
+
+        A standby is as healthy as its lock connection; the broker gets a metadata
+        request whenever the loop is not publishing (the loop's results say more then).
+        """
+        while True:
+            if not self.health.leader:
+                healthy = self.leadership.connected
+                self.health.database_connected = healthy
+                if healthy:
+                    self.health.database_error = ""
+                elif self.leadership.problem:
+                    self.health.database_error = self.leadership.problem
+            await self._probe_broker(connecting)
+            await asyncio.sleep(PROBE_INTERVAL_S)
+
+    async def _probe_broker(self, connecting: asyncio.Task[None]) -> None:
+        publishing = self.loop is not None and self.health.leader and not self.loop.stats.idle
+        if not connecting.done() or publishing or not isinstance(self.publisher, Probed):
+            return
+        try:
+            await self.publisher.probe()
+        except BrokerError as exc:
+            if self.health.broker_connected:
+                log.warning("kafka probe failed", error=str(exc))
+            self.health.broker_connected = False
+            self.health.broker_error = str(exc)
+        else:
+            if not self.health.broker_connected:
+                log.info("kafka answers again", servers=self.settings.bootstrap_servers)
+            self.health.broker_connected = True
+            self.health.broker_error = ""
 
     def _set_leader(self, *, leader: bool) -> None:
         self.health.leader = leader
@@ -138,12 +277,14 @@ class Relay:
         try:
             await source.start()
         except DatabaseError as exc:
-            log.warning("source cannot start; retrying", error=str(exc))
-            self.health.database_connected = False
+            level = log.error if isinstance(exc, PermanentDatabaseError) else log.warning
+            level("source cannot start; retrying", error=str(exc))
+            self._database_failed(exc)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), RESTART_DELAY_S)
             return
         self.health.database_connected = True
+        self.health.database_error = ""
         loop_stop = asyncio.Event()
         self.loop = RelayLoop(
             source,
@@ -253,8 +394,35 @@ class Relay:
             last_published, last_time = published, now
 
 
+async def start_checks(conn: psycopg.AsyncConnection[Any], settings: Settings) -> None:
+    """Refuse, with a `ConfigError`, a database that can never serve `settings`.
+
+    The same checks in both modes (the outbox table exists; in WAL mode, what
+    `relay.slot.check_and_prepare` checks), in a transaction rolled back: the
+    publication it would create is left to the leader.
+    """
+    names = slot.names(settings)
+    try:
+        async with conn.transaction(force_rollback=True):
+            if settings.mode is Mode.WAL:
+                await slot.check_and_prepare(conn, settings)
+                status = await slot.fetch_slot_status(conn, settings.slot_name)
+                if status is not None:
+                    slot.check_slot(status)
+            else:
+                await conn.execute(query("poll", "check", names))
+    except psycopg.errors.UndefinedTable:
+        raise ConfigError(
+            f"table {settings.schema}.{settings.table} does not exist: run outbox-relay migrate"
+        ) from None
+    except psycopg.Error as exc:
+        raise connection.translate(exc, "start checks failed") from None
+
+
 async def serve(settings: Settings) -> None:
     """Run the relay until SIGTERM or SIGINT, with the HTTP endpoints when configured."""
+    for name in config.service_links(os.environ):
+        log.debug("ignoring a Kubernetes service link variable", name=name)
     metrics, health = Metrics(), Health()
     relay = Relay(settings, metrics=metrics, health=health)
     stop = asyncio.Event()
@@ -266,7 +434,7 @@ async def serve(settings: Settings) -> None:
     if settings.http_port > 0:
         from relay import http
 
-        server = await http.serve(settings.http_port, metrics, health)
+        server = await http.serve(settings.http_port, metrics, health, host=settings.http_host)
     # ----------------------------------------------------------------------------------
     log.info(
         "relay starting",

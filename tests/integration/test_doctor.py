@@ -34,7 +34,7 @@ def test_a_working_wal_deployment_passes(database_url: str, broker: EmbeddedBrok
         conn.execute("SELECT public.outbox_publish('doctor.orders', 'k', '{}')")
     code, checks, text = doctor(
         "--mode", "wal", "--database-url", database_url,
-        "--bootstrap-servers", broker.bootstrap_servers,
+        "--bootstrap-servers", broker.bootstrap_servers, "--kafka-enable-idempotence", "false",
     )  # fmt: skip
     assert code == 0, text
     assert levels(checks) == {
@@ -52,6 +52,7 @@ def test_a_working_wal_deployment_passes(database_url: str, broker: EmbeddedBrok
         "leadership lease": "ok",
         "table-less event emitters": "ok",
         "broker reachable": "ok",
+        "idempotent producer": "skip",
         # tansu auto-creates topics but does not say so through DescribeConfigs.
         "topics": checks["topics"]["level"],
     }
@@ -65,7 +66,10 @@ def test_a_missing_publication_fails_with_the_statement_that_fixes_it(
 ) -> None:
     with psycopg.connect(database_url, autocommit=True) as conn:
         conn.execute("DROP PUBLICATION outbox_pub")
-    args = ("--database-url", database_url, "--bootstrap-servers", broker.bootstrap_servers)
+    args = (
+        "--database-url", database_url, "--bootstrap-servers", broker.bootstrap_servers,
+        "--kafka-enable-idempotence", "false",
+    )  # fmt: skip
     code, checks, text = doctor("--mode", "wal", *args)
     assert code == 1
     assert checks["publication"]["level"] == "fail"
@@ -153,7 +157,10 @@ def replica_cluster() -> Iterator[EmbeddedPostgres]:
 def test_a_wrong_wal_level_fails_in_wal_mode(
     replica_cluster: EmbeddedPostgres, broker: EmbeddedBroker
 ) -> None:
-    args = ("--database-url", replica_cluster.url, "--bootstrap-servers", broker.bootstrap_servers)
+    args = (
+        "--database-url", replica_cluster.url, "--bootstrap-servers", broker.bootstrap_servers,
+        "--kafka-enable-idempotence", "false",
+    )  # fmt: skip
     code, checks, text = doctor("--mode", "wal", *args)
     assert code == 1
     assert checks["wal_level"]["level"] == "fail"
@@ -161,3 +168,28 @@ def test_a_wrong_wal_level_fails_in_wal_mode(
     assert "fix: ALTER SYSTEM SET wal_level = 'logical'" in text
     code, checks, _ = doctor("--mode", "poll", *args)
     assert (code, checks["wal_level"]["level"]) == (0, "skip")
+
+
+def test_a_broker_without_the_idempotent_producer_fails_with_the_flag(
+    database_url: str, broker: EmbeddedBroker
+) -> None:
+    """Default settings against the test broker (no InitProducerId): doctor says so."""
+    code, checks, _ = doctor(
+        "--database-url", database_url, "--bootstrap-servers", broker.bootstrap_servers
+    )
+    assert code == 1
+    check = checks["idempotent producer"]
+    assert check["level"] == "fail"
+    assert "refused InitProducerId" in check["detail"]
+    assert check["fix"].startswith("set --kafka-enable-idempotence false")
+    assert checks["broker reachable"]["level"] == "ok"
+
+
+def test_a_missing_database_is_named(postgres: EmbeddedPostgres, broker: EmbeddedBroker) -> None:
+    code, checks, _ = doctor(
+        "--database-url", postgres.url_for("no_such_db"),
+        "--bootstrap-servers", broker.bootstrap_servers,
+    )  # fmt: skip
+    assert code == 1
+    detail = checks["database reachable"]["detail"]
+    assert detail.startswith('database does not exist: database "no_such_db" does not exist')

@@ -179,3 +179,11 @@ def test_auto_create_is_read_from_describe_configs() -> None:
     assert doctor.auto_create_from([Response((0, None, 4, "1", [on]))]) is True
     assert doctor.auto_create_from([Response((42, "denied", 4, "1", []))]) is None
     assert doctor.auto_create_from([]) is None
+
+
+def test_fix_lines_quote_names_that_psql_would_fold() -> None:
+    from relay.doctor import sql_name
+
+    assert sql_name("public", "outbox") == "public.outbox"
+    assert sql_name("Events", "Outbox") == '"Events"."Outbox"'
+    assert sql_name("Relay") == '"Relay"'

@@ -139,6 +139,8 @@ def test_dockerfile_is_configured_by_real_relay_settings() -> None:
     # load_settings rejects unknown RELAY_ names and invalid values with a ConfigError.
     settings = config.load_settings({}, env)
     assert settings.http_port == relay_port()
+    # Probes and scrapers reach a container from outside: loopback would refuse them.
+    assert settings.http_host == "0.0.0.0"  # noqa: S104
 
 
 def test_dockerignore_keeps_what_the_dockerfile_copies() -> None:
@@ -223,6 +225,7 @@ def test_compose_relay_ports_match_the_health_endpoint() -> None:
         service = services()[name]
         port = int(service["environment"]["RELAY_HTTP_PORT"])
         assert port == relay_port(), name
+        assert service["environment"]["RELAY_HTTP_HOST"] == "0.0.0.0", name  # noqa: S104
         container_ports = [int(str(mapping).rsplit(":", 1)[1]) for mapping in service["ports"]]
         assert container_ports == [port], name
         # Docker's SIGKILL must come after the relay's own drain deadline.
