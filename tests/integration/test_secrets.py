@@ -87,4 +87,4 @@ def test_the_relays_logs_at_debug_never_show_the_password() -> None:
         outputs.append(output)
         assert_no_part(output, password)
     # Those that started logged their failure to connect (the others were refused).
-    assert any("cannot take leadership" in output for output in outputs), outputs
+    assert any("cannot connect to PostgreSQL" in output for output in outputs), outputs
