@@ -21,15 +21,16 @@ from relay import sql as relay_sql
 from relay.config import Settings
 from relay.errors import DatabaseError, MigrationError, first_line
 
-_FILE_NAME: Final = re.compile(r"^(\d{4})_(\w+)\.sql$")
+#: How a migration file is named: ``0001_outbox.sql``. The inbox kit shares these.
+FILE_NAME: Final = re.compile(r"^(\d{4})_(\w+)\.sql$")
 
-_VERSION_TABLE: Final = """\
+VERSION_TABLE: Final = """\
 CREATE TABLE IF NOT EXISTS {migrations} (
     version integer PRIMARY KEY,
     name text NOT NULL,
     applied_at timestamptz NOT NULL DEFAULT now()
 );"""
-_RECORD: Final = "INSERT INTO {migrations} (version, name) VALUES ({version}, {name});"
+RECORD: Final = "INSERT INTO {migrations} (version, name) VALUES ({version}, {name});"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -54,7 +55,7 @@ def migrations() -> list[Migration]:
     """Every migration shipped with this version of outbox-relay, in order."""
     found = []
     for path in sorted(_migrations_dir().iterdir()):
-        match = _FILE_NAME.match(path.name)
+        match = FILE_NAME.match(path.name)
         if match:
             found.append(Migration(int(match[1]), match[2], path.read_text("utf-8")))
     return found
@@ -76,7 +77,7 @@ def _steps(
     names = names_for(settings)
     for migration in pending:
         record = relay_sql.render(
-            _RECORD,
+            RECORD,
             names
             | {"version": sql.Literal(migration.version), "name": sql.Literal(migration.name)},
         )
@@ -95,7 +96,7 @@ def script(settings: Settings, *, versions: Container[int] | None = None) -> str
             " apply it in one transaction (psql -1 -f)."
         ),
         relay_sql.render("CREATE SCHEMA IF NOT EXISTS {schema};", names).as_string(),
-        relay_sql.render(_VERSION_TABLE, names).as_string(),
+        relay_sql.render(VERSION_TABLE, names).as_string(),
     ]
     chosen = [m for m in migrations() if versions is None or m.version in versions]
     for migration, statement in _steps(settings, chosen):
@@ -123,7 +124,7 @@ def apply(settings: Settings) -> list[Migration]:
             try:
                 with conn.transaction():
                     conn.execute(relay_sql.render("CREATE SCHEMA IF NOT EXISTS {schema}", names))
-                    conn.execute(relay_sql.render(_VERSION_TABLE, names))
+                    conn.execute(relay_sql.render(VERSION_TABLE, names))
                 done = {
                     row[0]
                     for row in conn.execute(

@@ -9,9 +9,7 @@ transaction, under an advisory lock, so running it twice (or twice at once) is s
 from __future__ import annotations
 
 import importlib.resources
-import re
 from collections.abc import Container
-from typing import Final
 
 import psycopg
 from psycopg import sql
@@ -19,16 +17,7 @@ from psycopg import sql
 from relay import sql as relay_sql
 from relay.errors import ConfigError, DatabaseError, MigrationError, first_line
 from relay.inbox import names
-from relay.migrate import Migration
-
-_FILE_NAME: Final = re.compile(r"^(\d{4})_(\w+)\.sql$")
-_VERSION_TABLE: Final = """\
-CREATE TABLE IF NOT EXISTS {migrations} (
-    version integer PRIMARY KEY,
-    name text NOT NULL,
-    applied_at timestamptz NOT NULL DEFAULT now()
-);"""
-_RECORD: Final = "INSERT INTO {migrations} (version, name) VALUES ({version}, {name});"
+from relay.migrate import FILE_NAME, RECORD, VERSION_TABLE, Migration
 
 
 def migrations() -> list[Migration]:
@@ -36,7 +25,7 @@ def migrations() -> list[Migration]:
     folder = importlib.resources.files(__package__).joinpath("migrations")
     found = []
     for entry in sorted(folder.iterdir(), key=lambda e: e.name):
-        match = _FILE_NAME.match(entry.name)
+        match = FILE_NAME.match(entry.name)
         if match:
             found.append(Migration(int(match[1]), match[2], entry.read_text("utf-8")))
     return found
@@ -44,7 +33,7 @@ def migrations() -> list[Migration]:
 
 def _statement(migration: Migration, placeholders: dict[str, sql.Composable]) -> sql.Composed:
     record = relay_sql.render(
-        _RECORD,
+        RECORD,
         placeholders
         | {"version": sql.Literal(migration.version), "name": sql.Literal(migration.name)},
     )
@@ -60,7 +49,7 @@ def script(schema: str, table: str, *, versions: Container[int] | None = None) -
             " (psql -1 -f)."
         ),
         relay_sql.render("CREATE SCHEMA IF NOT EXISTS {schema};", placeholders).as_string(),
-        relay_sql.render(_VERSION_TABLE, placeholders).as_string(),
+        relay_sql.render(VERSION_TABLE, placeholders).as_string(),
     ]
     for migration in migrations():
         if versions is None or migration.version in versions:
@@ -89,7 +78,7 @@ def apply(conninfo: str, schema: str = "public", table: str = "inbox") -> list[M
                     conn.execute(
                         relay_sql.render("CREATE SCHEMA IF NOT EXISTS {schema}", placeholders)
                     )
-                    conn.execute(relay_sql.render(_VERSION_TABLE, placeholders))
+                    conn.execute(relay_sql.render(VERSION_TABLE, placeholders))
                 done = {
                     row[0]
                     for row in conn.execute(
