@@ -102,6 +102,8 @@ class Settings:
     kafka_max_batch_bytes: int = 1_048_576
     kafka_max_request_size: int = 1_048_576
     kafka_request_timeout_ms: int = 30_000
+    kafka_auto_create_topics: bool = True
+    kafka_topic_error_ttl: float = 10.0
     kafka_security_protocol: str = "PLAINTEXT"
     kafka_sasl_mechanism: str = ""
     kafka_sasl_username: str = ""
@@ -370,6 +372,16 @@ OPTIONS: Final[tuple[Option, ...]] = (
     Option("kafka_max_batch_bytes", "largest record batch per partition, in bytes", _int(1)),
     Option("kafka_max_request_size", "largest produce request (and record), in bytes", _int(1)),
     Option("kafka_request_timeout_ms", "milliseconds before a produce request times out", _int(1)),
+    Option(
+        "kafka_auto_create_topics",
+        "ask the broker to create a missing topic (false: never; its events are parked)",
+        _bool,
+    ),
+    Option(
+        "kafka_topic_error_ttl",
+        "seconds a topic the broker called unknown, invalid or not authorised stays refused",
+        _seconds,
+    ),
     Option(
         "kafka_security_protocol",
         "PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL",

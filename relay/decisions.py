@@ -195,6 +195,87 @@ class KeyHold:
         return event.key is not None and event.key in self._blocked
 
 
+# -- topics and record batches the broker refused ------------------------------------------
+
+#: Kafka error codes of a topic in a metadata answer that say it takes no records: it does
+#: not exist and was not created (3), its name is invalid (17), the relay may not see it (29).
+REFUSED_TOPIC_CODES: Final = frozenset({3, 17, 29})
+_UNKNOWN_TOPIC_OR_PARTITION: Final = 3
+
+
+def refused_topic(
+    topic: str, error_code: int, error_class_name: str, *, auto_create: bool
+) -> PublishFailure | None:
+    """The failure of `topic`'s events when a metadata answer gave it `error_code`, or None.
+
+    None for every code that does not refuse the topic for good (0, or
+    ``LEADER_NOT_AVAILABLE`` while a topic is being created): the producer then waits for
+    its partitions as usual.
+    """
+    if error_code not in REFUSED_TOPIC_CODES:
+        return None
+    if error_code == _UNKNOWN_TOPIC_OR_PARTITION:
+        why = (
+            "the broker did not create it (auto.create.topics.enable=false?)"
+            if auto_create
+            else "kafka_auto_create_topics is off"
+        )
+        reason = f"topic {topic!r} does not exist and {why}"
+    else:
+        reason = f"the broker refused topic {topic!r} in a metadata answer"
+    return PublishFailure(f"{error_class_name}: {reason}", retriable=False)
+
+
+class RefusedTopics:
+    """Topics a metadata answer refused, remembered for `ttl_s` seconds.
+
+    While remembered, their events fail at once (charged, parked in the end) instead of
+    waiting for the producer's metadata timeout; afterwards the broker is asked again, so a
+    topic created meanwhile is used. Times are from a monotonic clock the caller passes.
+    """
+
+    __slots__ = ("_refused", "ttl_s")
+
+    def __init__(self, ttl_s: float) -> None:
+        self.ttl_s = ttl_s
+        #: topic -> (when the refusal expires, the failure of its events)
+        self._refused: dict[str, tuple[float, PublishFailure]] = {}
+
+    def refuse(self, topic: str, failure: PublishFailure, now: float) -> None:
+        """Remember that the broker refused `topic` with `failure` at `now`."""
+        self._refused[topic] = (now + self.ttl_s, failure)
+
+    def refusal(self, topic: str, now: float) -> PublishFailure | None:
+        """The remembered failure of `topic`, or None when none is (or it expired)."""
+        entry = self._refused.get(topic)
+        if entry is None:
+            return None
+        expires, failure = entry
+        if now >= expires:
+            del self._refused[topic]
+            return None
+        return failure
+
+
+#: aiokafka exception class names of a record batch the broker refused for its size.
+_BATCH_SIZE_ERRORS: Final = frozenset({"MessageSizeTooLargeError", "RecordListTooLargeError"})
+
+
+def split_on_refusal(error_class_name: str, records: int) -> bool:
+    """True when a record batch refused with this error is to be split and sent again.
+
+    The broker refuses a whole batch larger than the topic's ``max.message.bytes`` (or its
+    segment): no record is to blame until a batch of one record is refused alone.
+    """
+    return records > 1 and error_class_name in _BATCH_SIZE_ERRORS
+
+
+def halves(indexes: list[int]) -> tuple[list[int], list[int]]:
+    """The two halves of a refused batch's records, in order (the first the larger)."""
+    middle = (len(indexes) + 1) // 2
+    return indexes[:middle], indexes[middle:]
+
+
 # -- partition choice ---------------------------------------------------------------------
 
 _MURMUR_M: Final = 0x5BD1E995

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import itertools
 import logging
 import ssl
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from typing import Any, Final
 
 import structlog
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import for_code
 from aiokafka.helpers import create_ssl_context
+from aiokafka.protocol.metadata import MetadataRequest
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
 from relay import decisions, tracing
@@ -163,10 +167,24 @@ class KafkaPublisher:
 
     After a failure that looks like a lost connection, the aiokafka producer is closed
     and a fresh one started on the next call: a client that lived through a long outage
-    sometimes keeps stale connections or metadata.
+    sometimes keeps stale connections or metadata. Metadata errors never do that.
+
+    A topic the producer does not know yet is first looked up with a metadata request of
+    our own, one for all such topics of a call, asking the broker to create missing ones
+    only when ``kafka_auto_create_topics`` is on. A topic it calls unknown, invalid or
+    not authorised is remembered as refused for ``kafka_topic_error_ttl`` seconds: its
+    events fail at once (charged, parked in the end), and never reach aiokafka, which
+    would wait ``kafka_request_timeout_ms`` for the topic while every other topic waits
+    behind it.
+
+    A record batch the broker refuses as too large (the topic's ``max.message.bytes`` is
+    below ``kafka_max_batch_bytes``) is split in halves and sent again; only a record
+    refused alone is charged.
     """
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(
+        self, settings: Settings, *, monotonic: Callable[[], float] = time.monotonic
+    ) -> None:
         self._settings = settings
         self._options = producer_options(settings)
         self._producer: Any = None
@@ -174,6 +192,10 @@ class KafkaPublisher:
         self._null_key_turn = itertools.count()
         #: One connection attempt at a time (`start` may run while a publish reconnects).
         self._connecting = asyncio.Lock()
+        self._monotonic = monotonic
+        self._refused = decisions.RefusedTopics(settings.kafka_topic_error_ttl)
+        #: Producers replaced by a fresh one after a failure (not the first start).
+        self.reconnects = 0
 
     @property
     def connected(self) -> bool:
@@ -216,8 +238,6 @@ class KafkaPublisher:
         The cheapest request there is: it proves a broker answers while nothing is
         published. Raises `BrokerError` when none does within `PROBE_TIMEOUT_S`.
         """
-        from aiokafka.protocol.metadata import MetadataRequest
-
         await self.start()
         client = self._producer.client
         try:
@@ -255,6 +275,7 @@ class KafkaPublisher:
             reconnecting = self._producer is not None
             await self._reconnect()
         if reconnecting:
+            self.reconnects += 1
             log.info("kafka producer reconnected", servers=self._settings.bootstrap_servers)
 
     async def publish(self, events: Sequence[OutboxEvent]) -> PublishResult:
@@ -278,20 +299,85 @@ class KafkaPublisher:
     async def _partition_counts(
         self, events: Sequence[OutboxEvent]
     ) -> dict[str, int | PublishFailure]:
+        """Per topic of `events`, its partition count or the failure of its events.
+
+        A topic the producer knows costs a dict lookup; the others are looked up together.
+        """
         counts: dict[str, int | PublishFailure] = {}
+        cluster = self._producer.client.cluster
+        now = self._monotonic()
+        unknown: list[str] = []
         for topic in dict.fromkeys(event.topic for event in events):
-            if not decisions.valid_topic(topic):
+            partitions = cluster.partitions_for_topic(topic)
+            if partitions:
+                counts[topic] = len(partitions)
+            elif not decisions.valid_topic(topic):
                 counts[topic] = PublishFailure(
                     f"InvalidTopic: invalid topic name {topic!r}", retriable=False
                 )
-                continue
-            try:
-                partitions = await self._producer.partitions_for(topic)
-            except Exception as exc:  # noqa: BLE001 - any error is reported per event
-                counts[topic] = self._failure(exc)[0]
-                continue
-            counts[topic] = len(partitions)
+            elif (refusal := self._refused.refusal(topic, now)) is not None:
+                counts[topic] = refusal
+            else:
+                unknown.append(topic)
+        if unknown:
+            counts.update(await self._look_up(unknown))
         return counts
+
+    async def _look_up(self, topics: list[str]) -> dict[str, int | PublishFailure]:
+        """Partition counts of topics the producer does not know, or their failures.
+
+        One metadata request for all of them (asking for creation only when
+        ``kafka_auto_create_topics`` is on) says which exist; the producer then learns
+        those that do, concurrently. Failures here never replace the producer.
+        """
+        auto_create = self._settings.kafka_auto_create_topics
+        client = self._producer.client
+        try:
+            node_id = client.get_random_node()
+            if node_id is None:
+                raise BrokerError("no broker known")  # noqa: TRY301 - reported like the rest
+            response = await client.send(
+                node_id, MetadataRequest(topics, allow_auto_topic_creation=auto_create)
+            )
+        except Exception as exc:  # noqa: BLE001 - any error is reported per event
+            failure = PublishFailure(
+                f"KafkaUnavailable: no answer to a metadata request for {len(topics)} "
+                f"topic(s): {first_line(exc)}",
+                retriable=True,
+            )
+            return dict.fromkeys(topics, failure)
+        results: dict[str, int | PublishFailure] = {}
+        now = self._monotonic()
+        for answer in response.topics:
+            error_code, topic = answer[0], answer[1]
+            if topic not in topics:
+                continue
+            refusal = decisions.refused_topic(
+                topic, error_code, for_code(error_code).__name__, auto_create=auto_create
+            )
+            if refusal is not None:
+                self._refused.refuse(topic, refusal, now)
+                results[topic] = refusal
+                log.warning(
+                    "kafka refused a topic",
+                    topic=topic,
+                    error=refusal.error,
+                    refused_for_s=self._refused.ttl_s,
+                )
+        existing = [topic for topic in topics if topic not in results]
+        counts = await asyncio.gather(
+            *(self._producer.partitions_for(topic) for topic in existing), return_exceptions=True
+        )
+        for topic, partitions in zip(existing, counts, strict=True):
+            if isinstance(partitions, BaseException):
+                name = type(partitions).__name__
+                results[topic] = PublishFailure(
+                    f"{name}: no metadata for topic {topic!r}: {first_line(partitions)}",
+                    retriable=decisions.error_kind(name) is decisions.ErrorKind.RETRIABLE,
+                )
+            else:
+                results[topic] = len(partitions)
+        return results
 
     async def _build(
         self, events: Sequence[OutboxEvent], failures: list[PublishFailure | None]
@@ -340,7 +426,9 @@ class KafkaPublisher:
     async def _send_chain(
         self, chain: _Chain, events: Sequence[OutboxEvent], failures: list[PublishFailure | None]
     ) -> None:
-        for position, (builder, indexes) in enumerate(chain.builders):
+        queue = collections.deque(chain.builders)
+        while queue:
+            builder, indexes = queue.popleft()
             builder.close()
             error: PublishFailure | None = None
             try:
@@ -349,6 +437,21 @@ class KafkaPublisher:
                 )
                 await future
             except Exception as exc:  # noqa: BLE001 - any error is reported per event
+                if decisions.split_on_refusal(type(exc).__name__, len(indexes)):
+                    # Too large for the topic: send the halves instead, first one first,
+                    # before anyone is charged.
+                    log.info(
+                        "kafka refused a record batch as too large; sending it in halves",
+                        topic=chain.topic,
+                        partition=chain.partition,
+                        events=len(indexes),
+                        error=f"{type(exc).__name__}: {first_line(exc)}",
+                    )
+                    first, second = decisions.halves(indexes)
+                    queue.extendleft(
+                        (self._batch_of(events, second), self._batch_of(events, first))
+                    )
+                    continue
                 batch = self._failure(exc, len(indexes))
                 for index, failure in zip(indexes, batch, strict=True):
                     failures[index] = failure
@@ -365,10 +468,19 @@ class KafkaPublisher:
                 retriable=error.retriable,
             )
             # Later batches of this partition wait for the next call, behind the failure.
-            for _, later in chain.builders[position + 1 :]:
+            for _, later in queue:
                 for index in later:
                     failures[index] = decisions.held_back(events[index].key or "")
             return
+
+    def _batch_of(self, events: Sequence[OutboxEvent], indexes: list[int]) -> tuple[Any, list[int]]:
+        """A new record batch of the events at `indexes` (part of a batch that held them all)."""
+        builder = self._producer.create_batch()
+        for index in indexes:
+            event = events[index]
+            key = event.key.encode() if event.key is not None else None
+            builder.append(timestamp=None, key=key, value=event.value, headers=list(event.headers))
+        return builder, indexes
 
     def _failure(self, exc: BaseException, count: int = 1) -> list[PublishFailure]:
         name = type(exc).__name__

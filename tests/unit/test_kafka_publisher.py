@@ -130,6 +130,38 @@ class FakeBatch:
         self.closed = True
 
 
+class FakeMetadataResponse:
+    def __init__(self, topics: list[tuple[int, str]]) -> None:
+        self.topics = topics
+
+
+class FakeClient:
+    """aiokafka's client as the publisher uses it: cluster metadata, metadata requests.
+
+    Topics in `missing` do not exist (error 3); the others exist once asked for.
+    """
+
+    def __init__(self, producer: FakeProducer) -> None:
+        self.producer = producer
+        self.cluster = self
+        self.metadata_requests: list[list[str]] = []
+
+    def partitions_for_topic(self, topic: str) -> set[int] | None:
+        if topic not in self.producer.known:
+            return None
+        return set(range(self.producer.partitions))
+
+    def get_random_node(self) -> int:
+        return 0
+
+    async def send(self, _node_id: int, request: Any) -> FakeMetadataResponse:
+        topics: list[str] = request._topics
+        self.metadata_requests.append(topics)
+        return FakeMetadataResponse(
+            [(3 if topic in self.producer.missing else 0, topic) for topic in topics]
+        )
+
+
 class FakeProducer:
     """Takes record batches like aiokafka; `fail` decides a batch's fate."""
 
@@ -138,13 +170,19 @@ class FakeProducer:
         partitions: int = 3,
         capacity: int = 100,
         fail: Callable[[str, int, FakeBatch], Exception | None] | None = None,
+        missing: frozenset[str] = frozenset(),
     ) -> None:
         self.partitions = partitions
         self.capacity = capacity
         self.fail = fail or (lambda _topic, _partition, _batch: None)
         self.delivered: list[tuple[str, int, bytes | None]] = []
+        self.missing = missing
+        self.known: set[str] = set()
+        self.client = FakeClient(self)
 
-    async def partitions_for(self, topic: str) -> set[int]:  # noqa: ARG002
+    async def partitions_for(self, topic: str) -> set[int]:
+        assert topic not in self.missing, "the producer waits 30 s for a missing topic"
+        self.known.add(topic)
         return set(range(self.partitions))
 
     def create_batch(self) -> FakeBatch:
@@ -241,3 +279,91 @@ async def test_topic_errors_charge_every_event_and_invalid_names_never_reach_kaf
     invalid = await kafka_publisher(FakeProducer()).publish([make_event(3, "a", topic="no spaces")])
     assert invalid.failures[0] is not None
     assert invalid.failures[0].error == "InvalidTopic: invalid topic name 'no spaces'"
+
+
+# -- topics the broker does not know (issue 10, finding 4) --------------------------------
+
+
+async def test_a_missing_topic_fails_at_once_and_alone_and_is_remembered_for_a_while() -> None:
+    producer = FakeProducer(missing=frozenset({"gone"}))
+    clock = [100.0]
+    publisher = KafkaPublisher(
+        Settings(kafka_enable_idempotence=False, kafka_auto_create_topics=False),
+        monotonic=lambda: clock[0],
+    )
+    publisher._producer = producer
+    events = [
+        make_event(1, "a", topic="gone"),
+        make_event(2, "b", topic="orders"),
+        make_event(3, "a", topic="orders"),
+        make_event(4, "c", topic="payments"),
+    ]
+    result = await publisher.publish(events)
+    gone, b, held, c = result.failures
+    assert gone is not None
+    assert not gone.retriable
+    assert gone.error == (
+        "UnknownTopicOrPartitionError: topic 'gone' does not exist and "
+        "kafka_auto_create_topics is off"
+    )
+    assert b is None
+    assert c is None
+    assert held is not None
+    assert held.retriable
+    assert "held back" in held.error
+    # One metadata request for every topic the producer did not know, not one per topic.
+    assert producer.client.metadata_requests == [["gone", "orders", "payments"]]
+    assert publisher.connected  # a metadata error never replaces the producer
+
+    # Remembered: no second request within the TTL, known topics cost no request at all.
+    clock[0] += 9.9
+    again = await publisher.publish(events)
+    assert again.failures[0] == gone
+    assert producer.client.metadata_requests == [["gone", "orders", "payments"]]
+
+    # Asked again once the TTL is over: a topic created meanwhile is used.
+    clock[0] += 0.1
+    producer.missing = frozenset()
+    created = await publisher.publish(events[:1])
+    assert created.all_acknowledged
+    assert producer.client.metadata_requests[-1] == ["gone"]
+
+
+async def test_with_auto_creation_on_the_reason_points_at_the_broker_setting() -> None:
+    producer = FakeProducer(missing=frozenset({"gone"}))
+    result = await kafka_publisher(producer).publish([make_event(1, "a", topic="gone")])
+    failure = result.failures[0]
+    assert failure is not None
+    assert "auto.create.topics.enable=false" in failure.error
+
+
+# -- record batches too large for the topic (issue 10, finding 5) -------------------------
+
+
+def refuse_over(max_bytes: int) -> Callable[[str, int, FakeBatch], Exception | None]:
+    """A broker whose topics take record batches of at most `max_bytes` of values."""
+
+    def fail(_topic: str, _partition: int, batch: FakeBatch) -> Exception | None:
+        size = sum(len(value or b"") for _, value in batch.records)
+        return MessageSizeTooLargeError() if size > max_bytes else None
+
+    return fail
+
+
+async def test_a_batch_too_large_for_the_topic_is_split_before_anyone_is_charged() -> None:
+    producer = FakeProducer(partitions=1, fail=refuse_over(250))
+    events = [make_event(n, key="a", value=b"x" * 100) for n in range(1, 8)]
+    result = await kafka_publisher(producer).publish(events)
+    assert result.all_acknowledged
+    assert len(producer.delivered) == 7
+
+
+async def test_only_a_record_too_large_on_its_own_is_charged() -> None:
+    producer = FakeProducer(partitions=1, fail=refuse_over(250))
+    sizes = [100, 100, 100, 300, 100, 100]
+    events = [make_event(n, key=f"k{n}", value=b"x" * size) for n, size in enumerate(sizes, 1)]
+    result = await kafka_publisher(producer).publish(events)
+    kinds = [None if f is None else f.retriable for f in result.failures]
+    # Sent before it, charged itself, the later ones of its partition wait for the next call.
+    assert kinds == [None, None, None, False, True, True]
+    assert len(producer.delivered) == 3
