@@ -7,6 +7,9 @@ import os
 
 import pytest
 from aiokafka.partitioner import DefaultPartitioner
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, rule
 
 from relay import decisions, poll
 from relay.decisions import ErrorKind
@@ -276,3 +279,45 @@ def test_a_row_whose_headers_python_cannot_decode_becomes_a_reason_not_an_error(
     assert isinstance(item, decisions.Unreadable)
     assert (item.id, item.key, item.attempts) == (41, "k", 2)
     assert decisions.error_class(item.reason) == decisions.UNREADABLE
+
+
+# -- topics a metadata answer refused --------------------------------------------------------
+
+
+class RefusedTopicsMachine(RuleBasedStateMachine):
+    """Refusals and a clock moving on; the model: per topic, its failure and expiry."""
+
+    TTL_S = 10.0
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.refused = decisions.RefusedTopics(self.TTL_S)
+        self.now = 0.0
+        self.model: dict[str, tuple[float, PublishFailure]] = {}
+
+    @rule(topic=st.sampled_from(["a", "b", "c"]), code=st.sampled_from([3, 17, 29]))
+    def refuse(self, topic: str, code: int) -> None:
+        failure = decisions.refused_topic(topic, code, f"E{code}", auto_create=False)
+        assert failure is not None
+        assert not failure.retriable
+        self.refused.refuse(topic, failure, self.now)
+        self.model[topic] = (self.now + self.TTL_S, failure)
+
+    @rule(seconds=st.floats(0, 12, allow_nan=False))
+    def wait(self, seconds: float) -> None:
+        self.now += seconds
+
+    @rule(topic=st.sampled_from(["a", "b", "c"]))
+    def look_up(self, topic: str) -> None:
+        expires, failure = self.model.get(topic, (0.0, None))
+        expected = failure if self.now < expires else None
+        assert self.refused.refusal(topic, self.now) == expected
+
+
+TestRefusedTopics = RefusedTopicsMachine.TestCase
+TestRefusedTopics.settings = settings(max_examples=100, stateful_step_count=30, deadline=None)
+
+
+@pytest.mark.parametrize("code", [0, 5, 7])
+def test_codes_that_do_not_refuse_a_topic_leave_it_to_the_producer(code: int) -> None:
+    assert decisions.refused_topic("t", code, "E", auto_create=True) is None
