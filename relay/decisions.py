@@ -172,6 +172,15 @@ def settle(result: PublishResult, park_after_attempts: int) -> Acknowledgement:
     return Acknowledgement(tuple(sent), tuple(failed), tuple(unsettled))
 
 
+def progressed(acknowledgement: Acknowledgement) -> bool:
+    """True when a batch moved something on: an event sent, or one parked.
+
+    The loop's backoff grows only over batches that did not (the broker is down, every
+    event failed): one event retried until parked must not slow the others down.
+    """
+    return bool(acknowledgement.sent) or any(failed.park for failed in acknowledgement.failed)
+
+
 class KeyHold:
     """Keys that already failed within one batch: their later events must wait.
 

@@ -196,11 +196,12 @@ class RelayLoop:
                     # A backlog: fetch the next batch while this one is published. (A
                     # short batch means caught up: a fetch now would find nothing yet.)
                     prefetch = self._fetch()
-                if not await self._publish(batch):
+                acknowledgement = await self._publish(batch)
+                if acknowledgement is None or not acknowledgement.complete:
                     if prefetch is not None:
                         await _cancel(prefetch)
                     prefetch = None
-                    await self._recover("publish", None, stopping)
+                    await self._retry_after(acknowledgement, stopping)
         finally:
             gc.set_threshold(*gc_thresholds)
             stopping.cancel()
@@ -236,8 +237,8 @@ class RelayLoop:
             raise DatabaseError("an acknowledgement failed while fetching")
         return fetching.result()
 
-    async def _publish(self, batch: Sequence[OutboxEvent]) -> bool:
-        """Publish one batch and hand its acknowledgement on; False when it was incomplete."""
+    async def _publish(self, batch: Sequence[OutboxEvent]) -> Acknowledgement | None:
+        """Publish one batch and hand its acknowledgement on; None when that failed."""
         self.stats.idle = False
         started = self._monotonic()
         result = await self._publisher.publish(batch)
@@ -249,8 +250,19 @@ class RelayLoop:
         except DatabaseError as exc:
             log.warning("acknowledgement failed", error=str(exc))
             self._health.database_connected = False
-            return False
-        return acknowledgement.complete
+            return None
+        return acknowledgement
+
+    async def _retry_after(
+        self, acknowledgement: Acknowledgement | None, stopping: asyncio.Task[bool]
+    ) -> None:
+        """After an incomplete batch (None: its acknowledgement failed): back off, rewind."""
+        if acknowledgement is not None and decisions.progressed(acknowledgement):
+            # Other events went through: wait the shortest backoff, not a growing one, or
+            # one event retried until parked would slow every topic down to a batch per
+            # `backoff_max_s`.
+            self.stats.consecutive_failures = 0
+        await self._recover("publish", None, stopping)
 
     def _count_errors(self, result: PublishResult) -> None:
         """Count what Kafka did not acknowledge, by error class (not what was held back)."""

@@ -235,3 +235,26 @@ def test_latencies_of_a_batch_land_in_the_buckets_observe_would_pick() -> None:
         ]
 
     assert samples(in_bulk) == samples(one_by_one)
+
+
+async def test_an_event_retried_until_parked_does_not_slow_the_other_events_down() -> None:
+    """Issue 10, finding 4: the backoff grew with every batch holding the failing event,
+    up to `backoff_max_s`, while the other events of those batches were sent."""
+    config = LoopConfig(
+        batch_size=4, poll_interval_s=0.05, park_after_attempts=8, backoff_base_s=0.2
+    )
+    events = [make_event(n, key=f"k{n % 3}", topic="gone" if n == 1 else "t") for n in range(1, 40)]
+    source = InMemorySource(events)
+    refused = PublishFailure(
+        "UnknownTopicOrPartitionError: topic 'gone' does not exist", retriable=False
+    )
+    publisher = RecordingPublisher(lambda event: refused if event.topic == "gone" else None)
+    loop = RelayLoop(source, publisher, config)
+    others = {n for n in range(1, 40) if n % 3 != 1}
+    # Before: at least 0.1 + 0.2 + 0.4 + 0.8 + 1.6 + 3.2 + 6.4 s of backoff before parking.
+    started = asyncio.get_running_loop().time()
+    await run_until(
+        loop, lambda: sent_ids(source) == others and source.state(1) is EventState.PARKED
+    )
+    assert asyncio.get_running_loop().time() - started < 4.0
+    assert source.rows[1].attempts == 8
