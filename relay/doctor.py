@@ -629,8 +629,14 @@ def check_idempotence(broker: BrokerFacts, settings: Settings) -> Check:
     return Check(name, Level.OK, "the broker grants producer ids")
 
 
-def check_topics(broker: BrokerFacts, pending_topics: frozenset[str]) -> Check:
-    """Topics of pending events exist, or the cluster creates them on first use."""
+def check_topics(
+    broker: BrokerFacts, pending_topics: frozenset[str], *, relay_creates: bool = True
+) -> Check:
+    """Topics of pending events exist, or the cluster creates them on first use.
+
+    `relay_creates` is ``kafka_auto_create_topics``: without it the relay never asks the
+    broker to create a topic, whatever the broker allows.
+    """
     name = "topics"
     if not broker.reachable:
         return Check(name, Level.SKIP, "broker unreachable")
@@ -640,11 +646,12 @@ def check_topics(broker: BrokerFacts, pending_topics: frozenset[str]) -> Check:
             return Check(name, Level.OK, "no pending events")
         return Check(name, Level.OK, f"all {len(pending_topics)} topic(s) of pending events exist")
     shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")  # noqa: PLR2004
-    if broker.auto_create is True:
-        return Check(name, Level.OK, f"{shown} will be auto-created")
     fix = f"create them (kafka-topics.sh --create --topic {missing[0]} ...)"
-    if broker.auto_create is False:
-        return Check(name, Level.FAIL, f"{shown} missing and auto-create is off", fix)
+    if relay_creates and broker.auto_create is True:
+        return Check(name, Level.OK, f"{shown} will be auto-created")
+    if not relay_creates or broker.auto_create is False:
+        off = "auto-create is off" if relay_creates else "kafka_auto_create_topics is off"
+        return Check(name, Level.FAIL, f"{shown} missing and {off}", fix)
     return Check(
         name,
         Level.WARN,
@@ -737,5 +744,11 @@ def run(settings: Settings) -> list[Check]:
         kafka_logger.setLevel(level)
     checks.append(check_broker(broker, settings))
     checks.append(check_idempotence(broker, settings))
-    checks.append(check_topics(broker, facts.pending_topics if facts else frozenset()))
+    checks.append(
+        check_topics(
+            broker,
+            facts.pending_topics if facts else frozenset(),
+            relay_creates=settings.kafka_auto_create_topics,
+        )
+    )
     return checks

@@ -152,6 +152,9 @@ def test_broker_and_topics() -> None:
     assert doctor.check_topics(auto, frozenset({"b"})).level is Level.OK
     manual = dataclasses.replace(up, auto_create=False)
     assert doctor.check_topics(manual, frozenset({"b"})).level is Level.FAIL
+    never = doctor.check_topics(auto, frozenset({"b"}), relay_creates=False)
+    assert never.level is Level.FAIL
+    assert "kafka_auto_create_topics is off" in never.detail
 
 
 def test_broker_client_uses_the_relay_security_settings() -> None:
