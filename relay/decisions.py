@@ -279,6 +279,16 @@ def split_on_refusal(error_class_name: str, records: int) -> bool:
     return records > 1 and error_class_name in _BATCH_SIZE_ERRORS
 
 
+def batch_cap_after_refusal(cap: int | None, refused_bytes: int) -> int:
+    """A topic's record batch cap after the broker refused a batch of `refused_bytes`.
+
+    Half the refused size, never raised: the topic's limit is below what it refused, and
+    batches at most half of it lose little while no batch is refused twice the same way.
+    """
+    halved = max(1, refused_bytes // 2)
+    return halved if cap is None else min(cap, halved)
+
+
 def halves(indexes: list[int]) -> tuple[list[int], list[int]]:
     """The two halves of a refused batch's records, in order (the first the larger)."""
     middle = (len(indexes) + 1) // 2

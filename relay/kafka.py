@@ -142,13 +142,18 @@ def _too_large(size: int, max_request_size: int) -> PublishFailure | None:
 class _Chain:
     """The record batches of one topic partition, sent one after the other."""
 
-    __slots__ = ("builders", "partition", "topic")
+    __slots__ = ("builders", "cap", "filled", "partition", "topic")
 
-    def __init__(self, topic: str, partition: int) -> None:
+    def __init__(self, topic: str, partition: int, cap: int | None) -> None:
         self.topic = topic
         self.partition = partition
         #: (builder, indexes of the events in it)
         self.builders: list[tuple[Any, list[int]]] = []
+        #: Estimated bytes a record batch of this topic may hold, when the broker refused
+        #: larger ones (None: up to ``kafka_max_batch_bytes``, the builder's own limit).
+        self.cap = cap
+        #: Estimated bytes in the last builder (tracked only under a cap).
+        self.filled = 0
 
 
 class KafkaPublisher:
@@ -194,6 +199,10 @@ class KafkaPublisher:
         self._connecting = asyncio.Lock()
         self._monotonic = monotonic
         self._refused = decisions.RefusedTopics(settings.kafka_topic_error_ttl)
+        #: Per topic, the estimated bytes of the record batches it takes, learnt from
+        #: refusals of larger ones (half the refused size): later calls build batches
+        #: that fit instead of splitting again every time.
+        self._batch_caps: dict[str, int] = {}
         #: Producers replaced by a fresh one after a failure (not the first start).
         self.reconnects = 0
 
@@ -387,6 +396,7 @@ class KafkaPublisher:
         estimate = DefaultRecordBatchBuilder.estimate_size_in_bytes
         partition_for = decisions.partition_for
         hold = decisions.KeyHold()
+        caps = self._batch_caps
         chains: dict[tuple[str, int], _Chain] = {}
         null_turn = next(self._null_key_turn)
         # One pass, one key encoding and one headers list per event: this loop runs for
@@ -401,7 +411,8 @@ class KafkaPublisher:
             elif isinstance(count, PublishFailure):
                 failure = count
             else:
-                failure = _too_large(estimate(key, event.value, headers), max_request_size)
+                size = estimate(key, event.value, headers)
+                failure = _too_large(size, max_request_size)
             if failure is not None:
                 failures[index] = failure
                 hold.block(event)
@@ -410,17 +421,28 @@ class KafkaPublisher:
             partition = partition_for(key, count) if key is not None else null_turn % count
             chain = chains.get((event.topic, partition))
             if chain is None:
-                chain = chains[event.topic, partition] = _Chain(event.topic, partition)
+                chain = chains[event.topic, partition] = _Chain(
+                    event.topic, partition, caps.get(event.topic)
+                )
             builders = chain.builders
             if builders:
                 builder, indexes = builders[-1]
-                if builder.append(timestamp=None, key=key, value=event.value, headers=headers):
+                cap = chain.cap
+                if cap is None:
+                    if builder.append(timestamp=None, key=key, value=event.value, headers=headers):
+                        indexes.append(index)
+                        continue
+                elif chain.filled + size <= cap and builder.append(
+                    timestamp=None, key=key, value=event.value, headers=headers
+                ):
                     indexes.append(index)
+                    chain.filled += size
                     continue
             builder = self._producer.create_batch()
             # A fresh builder takes any first record; sizes were checked against the limit.
             builder.append(timestamp=None, key=key, value=event.value, headers=headers)
             builders.append((builder, [index]))
+            chain.filled = size
         return list(chains.values())
 
     async def _send_chain(
@@ -439,12 +461,14 @@ class KafkaPublisher:
             except Exception as exc:  # noqa: BLE001 - any error is reported per event
                 if decisions.split_on_refusal(type(exc).__name__, len(indexes)):
                     # Too large for the topic: send the halves instead, first one first,
-                    # before anyone is charged.
+                    # before anyone is charged; build smaller batches from now on.
+                    cap = self._learn_cap(chain.topic, events, indexes)
                     log.info(
                         "kafka refused a record batch as too large; sending it in halves",
                         topic=chain.topic,
                         partition=chain.partition,
                         events=len(indexes),
+                        batch_bytes_from_now=cap,
                         error=f"{type(exc).__name__}: {first_line(exc)}",
                     )
                     first, second = decisions.halves(indexes)
@@ -472,6 +496,18 @@ class KafkaPublisher:
                 for index in later:
                     failures[index] = decisions.held_back(events[index].key or "")
             return
+
+    def _learn_cap(self, topic: str, events: Sequence[OutboxEvent], indexes: list[int]) -> int:
+        """Lower `topic`'s batch cap below the refused batch of `indexes`; the new cap."""
+        estimate = DefaultRecordBatchBuilder.estimate_size_in_bytes
+        refused = 0
+        for index in indexes:
+            event = events[index]
+            key = event.key.encode() if event.key is not None else None
+            refused += estimate(key, event.value, list(event.headers))
+        cap = decisions.batch_cap_after_refusal(self._batch_caps.get(topic), refused)
+        self._batch_caps[topic] = cap
+        return cap
 
     def _batch_of(self, events: Sequence[OutboxEvent], indexes: list[int]) -> tuple[Any, list[int]]:
         """A new record batch of the events at `indexes` (part of a batch that held them all)."""

@@ -9,6 +9,7 @@ aiokafka's own `MessageSizeTooLargeError`, as Kafka answers ``MESSAGE_TOO_LARGE`
 from __future__ import annotations
 
 import asyncio
+import collections
 
 from aiokafka.errors import MessageSizeTooLargeError, RecordListTooLargeError
 from hypothesis import given, settings
@@ -74,3 +75,32 @@ def test_only_size_errors_of_several_records_split() -> None:
     assert not decisions.split_on_refusal("KafkaTimeoutError", 10)
     assert decisions.halves([1, 2, 3]) == ([1, 2], [3])
     assert decisions.halves([1, 2]) == ([1], [2])
+
+
+def test_after_a_refusal_the_topic_gets_batches_that_fit_without_splitting_again() -> None:
+    refusals = 0
+    batches: collections.Counter[str] = collections.Counter()
+    over = refuse_over(250)
+
+    def fail(topic: str, partition: int, batch: FakeBatch) -> Exception | None:
+        nonlocal refusals
+        batches[topic] += 1
+        error = over(topic, partition, batch)
+        refusals += error is not None
+        return error
+
+    producer = FakeProducer(partitions=1, fail=fail)
+    publisher = kafka_publisher(producer)
+    events = [make_event(n, key="a", value=b"x" * 100) for n in range(1, 8)]
+    assert asyncio.run(publisher.publish(events)).all_acknowledged
+    assert refusals > 0
+    first_call = refusals
+    assert asyncio.run(publisher.publish(events)).all_acknowledged
+    assert refusals == first_call  # the second call built batches the topic takes
+    assert len(producer.delivered) == 14
+    # Other topics keep the full batch size.
+    others = [make_event(n, key="a", topic="other", value=b"x" * 10) for n in range(1, 8)]
+    assert asyncio.run(publisher.publish(others)).all_acknowledged
+    assert batches["other"] == 1
+    assert decisions.batch_cap_after_refusal(None, 1000) == 500
+    assert decisions.batch_cap_after_refusal(300, 1000) == 300
