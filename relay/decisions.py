@@ -236,23 +236,53 @@ def refused_topic(
 
 
 class RefusedTopics:
-    """Topics a metadata answer refused, remembered for `ttl_s` seconds.
+    """What metadata answers said of topics: refusals remembered for `ttl_s` seconds.
 
-    While remembered, their events fail at once (charged, parked in the end) instead of
-    waiting for the producer's metadata timeout; afterwards the broker is asked again, so a
-    topic created meanwhile is used. Times are from a monotonic clock the caller passes.
+    While remembered, a topic's events fail at once (charged, parked in the end) instead
+    of waiting for the producer's metadata timeout; afterwards the broker is asked again,
+    so a topic created meanwhile is used.
+
+    An unknown topic the broker was asked to create is not refused at once: Kafka answers
+    ``UNKNOWN_TOPIC_OR_PARTITION`` while its controller creates the topic (KRaft's
+    auto-creation is asynchronous, and a topic already being created gets that answer
+    too), so for `creation_grace_s` seconds its events are retriable failures, not
+    charged. Times are from a monotonic clock the caller passes.
     """
 
-    __slots__ = ("_refused", "ttl_s")
+    __slots__ = ("_creating", "_refused", "creation_grace_s", "ttl_s")
 
-    def __init__(self, ttl_s: float) -> None:
+    def __init__(self, ttl_s: float, creation_grace_s: float) -> None:
         self.ttl_s = ttl_s
+        self.creation_grace_s = creation_grace_s
         #: topic -> (when the refusal expires, the failure of its events)
         self._refused: dict[str, tuple[float, PublishFailure]] = {}
+        #: topic -> when it was first answered unknown after asking for its creation
+        self._creating: dict[str, float] = {}
 
-    def refuse(self, topic: str, failure: PublishFailure, now: float) -> None:
-        """Remember that the broker refused `topic` with `failure` at `now`."""
+    def answered(
+        self, topic: str, error_code: int, error_class_name: str, *, auto_create: bool, now: float
+    ) -> PublishFailure | None:
+        """Take a metadata answer for `topic`: the failure of its events, None if it exists.
+
+        A refusal (not retriable) is remembered; a retriable failure means "being created,
+        ask again".
+        """
+        if error_code not in REFUSED_TOPIC_CODES:
+            self._creating.pop(topic, None)
+            return None
+        if error_code == _UNKNOWN_TOPIC_OR_PARTITION and auto_create:
+            since = self._creating.setdefault(topic, now)
+            if now - since < self.creation_grace_s:
+                return PublishFailure(
+                    f"{error_class_name}: topic {topic!r} does not exist yet "
+                    "(the broker was asked to create it)",
+                    retriable=True,
+                )
+        self._creating.pop(topic, None)
+        failure = refused_topic(topic, error_code, error_class_name, auto_create=auto_create)
+        assert failure is not None  # noqa: S101 - every refusing code has a failure
         self._refused[topic] = (now + self.ttl_s, failure)
+        return failure
 
     def refusal(self, topic: str, now: float) -> PublishFailure | None:
         """The remembered failure of `topic`, or None when none is (or it expired)."""

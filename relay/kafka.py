@@ -34,6 +34,10 @@ STOP_TIMEOUT_S: Final = 5.0
 METADATA_MAX_AGE_MS: Final = 60_000
 #: How long `probe` waits for the answer to its metadata request.
 PROBE_TIMEOUT_S: Final = 10.0
+#: How long a topic the broker was asked to create may still be called unknown before its
+#: events are charged (Kafka's controller creates it asynchronously, usually well within
+#: a second).
+TOPIC_CREATION_GRACE_S: Final = 5.0
 
 
 class _InitProducerIdReported(logging.Filter):
@@ -198,7 +202,9 @@ class KafkaPublisher:
         #: One connection attempt at a time (`start` may run while a publish reconnects).
         self._connecting = asyncio.Lock()
         self._monotonic = monotonic
-        self._refused = decisions.RefusedTopics(settings.kafka_topic_error_ttl)
+        self._refused = decisions.RefusedTopics(
+            settings.kafka_topic_error_ttl, TOPIC_CREATION_GRACE_S
+        )
         #: Per topic, the estimated bytes of the record batches it takes, learnt from
         #: refusals of larger ones (half the refused size): later calls build batches
         #: that fit instead of splitting again every time.
@@ -361,16 +367,21 @@ class KafkaPublisher:
             error_code, topic = answer[0], answer[1]
             if topic not in topics:
                 continue
-            refusal = decisions.refused_topic(
-                topic, error_code, for_code(error_code).__name__, auto_create=auto_create
+            verdict = self._refused.answered(
+                topic,
+                error_code,
+                for_code(error_code).__name__,
+                auto_create=auto_create,
+                now=now,
             )
-            if refusal is not None:
-                self._refused.refuse(topic, refusal, now)
-                results[topic] = refusal
+            if verdict is None:
+                continue
+            results[topic] = verdict
+            if not verdict.retriable:
                 log.warning(
                     "kafka refused a topic",
                     topic=topic,
-                    error=refusal.error,
+                    error=verdict.error,
                     refused_for_s=self._refused.ttl_s,
                 )
         existing = [topic for topic in topics if topic not in results]

@@ -285,33 +285,57 @@ def test_a_row_whose_headers_python_cannot_decode_becomes_a_reason_not_an_error(
 
 
 class RefusedTopicsMachine(RuleBasedStateMachine):
-    """Refusals and a clock moving on; the model: per topic, its failure and expiry."""
+    """Metadata answers and a clock moving on, against a model of plain dicts.
+
+    The model: a refusal lasts `TTL_S` from its answer; an unknown topic whose creation
+    was asked for is retriable (not charged) for `GRACE_S` from its first such answer, a
+    topic answered fine forgets that; a refusal starts a new grace afterwards.
+    """
 
     TTL_S = 10.0
+    GRACE_S = 5.0
 
     def __init__(self) -> None:
         super().__init__()
-        self.refused = decisions.RefusedTopics(self.TTL_S)
+        self.refused = decisions.RefusedTopics(self.TTL_S, self.GRACE_S)
         self.now = 0.0
-        self.model: dict[str, tuple[float, PublishFailure]] = {}
+        self.expiry: dict[str, float] = {}
+        self.creating_since: dict[str, float] = {}
 
-    @rule(topic=st.sampled_from(["a", "b", "c"]), code=st.sampled_from([3, 17, 29]))
-    def refuse(self, topic: str, code: int) -> None:
-        failure = decisions.refused_topic(topic, code, f"E{code}", auto_create=False)
+    @rule(
+        topic=st.sampled_from(["a", "b"]),
+        code=st.sampled_from([0, 3, 5, 17, 29]),
+        auto_create=st.booleans(),
+    )
+    def answer(self, topic: str, code: int, auto_create: bool) -> None:  # noqa: FBT001
+        failure = self.refused.answered(
+            topic, code, f"E{code}", auto_create=auto_create, now=self.now
+        )
+        if code in {0, 5}:
+            assert failure is None
+            self.creating_since.pop(topic, None)
+            return
         assert failure is not None
+        if code == 3 and auto_create:
+            since = self.creating_since.setdefault(topic, self.now)
+            if self.now - since < self.GRACE_S:
+                assert failure.retriable
+                assert "does not exist yet" in failure.error
+                return
         assert not failure.retriable
-        self.refused.refuse(topic, failure, self.now)
-        self.model[topic] = (self.now + self.TTL_S, failure)
+        self.creating_since.pop(topic, None)
+        self.expiry[topic] = self.now + self.TTL_S
 
     @rule(seconds=st.floats(0, 12, allow_nan=False))
     def wait(self, seconds: float) -> None:
         self.now += seconds
 
-    @rule(topic=st.sampled_from(["a", "b", "c"]))
+    @rule(topic=st.sampled_from(["a", "b"]))
     def look_up(self, topic: str) -> None:
-        expires, failure = self.model.get(topic, (0.0, None))
-        expected = failure if self.now < expires else None
-        assert self.refused.refusal(topic, self.now) == expected
+        refused = self.now < self.expiry.get(topic, 0.0)
+        failure = self.refused.refusal(topic, self.now)
+        assert (failure is not None) is refused
+        assert failure is None or not failure.retriable
 
 
 TestRefusedTopics = RefusedTopicsMachine.TestCase

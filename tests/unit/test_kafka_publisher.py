@@ -12,7 +12,7 @@ from aiokafka.errors import (
     TopicAuthorizationFailedError,
 )
 
-from relay import decisions
+from relay import decisions, kafka
 from relay.config import Settings
 from relay.errors import ConfigError
 from relay.events import OutboxEvent
@@ -329,11 +329,35 @@ async def test_a_missing_topic_fails_at_once_and_alone_and_is_remembered_for_a_w
     assert producer.client.metadata_requests[-1] == ["gone"]
 
 
-async def test_with_auto_creation_on_the_reason_points_at_the_broker_setting() -> None:
+async def test_a_topic_being_auto_created_is_not_charged_while_the_broker_creates_it() -> None:
+    """Kafka (KRaft) answers UNKNOWN_TOPIC_OR_PARTITION while its controller creates it."""
+    producer = FakeProducer(missing=frozenset({"new"}))
+    clock = [0.0]
+    publisher = KafkaPublisher(Settings(kafka_enable_idempotence=False), monotonic=lambda: clock[0])
+    publisher._producer = producer
+    events = [make_event(1, "a", topic="new"), make_event(2, "b", topic="orders")]
+    first = await publisher.publish(events)
+    creating = first.failures[0]
+    assert creating is not None
+    assert creating.retriable  # not charged
+    assert "does not exist yet" in creating.error
+    assert first.failures[1] is None
+    clock[0] += 1.0
+    producer.missing = frozenset()  # the controller created it
+    assert (await publisher.publish(events[:1])).all_acknowledged
+
+
+async def test_with_auto_creation_on_a_topic_still_unknown_after_the_grace_is_refused() -> None:
     producer = FakeProducer(missing=frozenset({"gone"}))
-    result = await kafka_publisher(producer).publish([make_event(1, "a", topic="gone")])
-    failure = result.failures[0]
+    clock = [0.0]
+    publisher = KafkaPublisher(Settings(kafka_enable_idempotence=False), monotonic=lambda: clock[0])
+    publisher._producer = producer
+    event = make_event(1, "a", topic="gone")
+    assert (await publisher.publish([event])).failures[0].retriable  # type: ignore[union-attr]
+    clock[0] += kafka.TOPIC_CREATION_GRACE_S
+    failure = (await publisher.publish([event])).failures[0]
     assert failure is not None
+    assert not failure.retriable
     assert "auto.create.topics.enable=false" in failure.error
 
 
