@@ -66,3 +66,33 @@ async def test_two_outboxes_in_one_database_each_reach_their_topics(
     expected = outbox_rows(url) + outbox_rows(url, table="billing.outbox")
     assert {e.topic for e in expected} == {topic, billing_topic}
     assert_delivered(records, expected, max_duplicates=0)
+
+
+def test_a_relay_of_the_second_outbox_on_the_first_ones_publication_is_told_which_flags(
+    database_url: str,
+) -> None:
+    migrated = run_cli(
+        "migrate", "--database-url", database_url, "--schema", "billing", "--publication", "b_pub"
+    )
+    assert migrated.returncode == 0, migrated.stderr
+    with psycopg.connect(database_url) as conn:
+        before = conn.execute("SELECT pubname, tablename FROM pg_publication_tables").fetchall()
+    # Forgot --publication for the relay: outbox_pub is public.outbox's.
+    result = run_cli(
+        "run",
+        *("--database-url", database_url, "--schema", "billing", "--mode", "wal"),
+        *("--slot-name", "billing_relay", "--bootstrap-servers", "127.0.0.1:1"),
+        timeout=30,
+    )
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        "outbox-relay: error: publication outbox_pub does not include billing.outbox: if it is "
+        "another outbox's, set --publication and --slot-name to this outbox's own, "
+        "else ALTER PUBLICATION outbox_pub ADD TABLE billing.outbox"
+    )
+    with psycopg.connect(database_url) as conn:
+        after = conn.execute("SELECT pubname, tablename FROM pg_publication_tables").fetchall()
+        slots = conn.execute(
+            "SELECT slot_name FROM pg_replication_slots WHERE database = current_database()"
+        ).fetchall()
+    assert (sorted(after), slots) == (sorted(before), [])
