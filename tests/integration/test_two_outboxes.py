@@ -96,3 +96,24 @@ def test_a_relay_of_the_second_outbox_on_the_first_ones_publication_is_told_whic
             "SELECT slot_name FROM pg_replication_slots WHERE database = current_database()"
         ).fetchall()
     assert (sorted(after), slots) == (sorted(before), [])
+
+
+def test_doctor_for_the_second_outbox_on_the_first_ones_publication_names_the_flags(
+    database_url: str,
+) -> None:
+    migrated = run_cli(
+        "migrate", "--database-url", database_url, "--schema", "billing", "--publication", "b_pub"
+    )
+    assert migrated.returncode == 0, migrated.stderr
+    result = run_cli(
+        *("doctor", "--database-url", database_url, "--schema", "billing", "--mode", "wal"),
+        *("--slot-name", "billing_relay", "--bootstrap-servers", "127.0.0.1:1"),
+    )
+    assert result.returncode == 1
+    lines = result.stdout.splitlines()
+    at = next(n for n, line in enumerate(lines) if line.startswith("fail  publication"))
+    assert "outbox_pub does not include billing.outbox" in lines[at]
+    assert lines[at + 1].split("fix: ")[1] == (
+        "if it is another outbox's, give this one its own: --publication and --slot-name; "
+        "else ALTER PUBLICATION outbox_pub ADD TABLE billing.outbox"
+    )
