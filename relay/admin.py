@@ -56,7 +56,8 @@ CONNECT_TIMEOUT_S: Final = 10
 TIME_BOUND_MARGIN: Final = dt.timedelta(minutes=1)
 #: The backward walk that counts recently sent events reads this many ids per query...
 SENT_WALK_CHUNK_IDS: Final = 100_000
-#: ...and gives up (reporting a lower bound) after this many.
+#: ...and gives up (reporting a lower bound) after reading this many (id gaps, which it
+#: jumps over with one primary-key probe, do not count).
 SENT_WALK_MAX_IDS: Final = 5_000_000
 MINUTE: Final = dt.timedelta(minutes=1)
 HOUR: Final = dt.timedelta(hours=1)
@@ -622,15 +623,27 @@ def _sent_counts(
     conn: Connection, settings: Settings, min_id: int, max_id: int, now: dt.datetime
 ) -> tuple[dict[str, tuple[int, int]], bool]:
     query = named_query(settings, "sent_in_chunk")
+    jump = named_query(settings, "last_id_at_or_below")
     counts: dict[str, tuple[int, int]] = {}
     high = max_id
+    ids_read = 0
     while high >= min_id:
-        if max_id - high >= SENT_WALK_MAX_IDS:
+        if ids_read >= SENT_WALK_MAX_IDS:
             return counts, False
         low = max(high - SENT_WALK_CHUNK_IDS, min_id - 1)
         rows = conn.execute(
             query, {"low": low, "high": high, "minute_ago": now - MINUTE, "hour_ago": now - HOUR}
         ).fetchall()
+        ids_read += high - low
+        if not rows:
+            # An empty slice is an id gap (a sequence set forward, rolled-back inserts,
+            # purged rows) and says nothing about the rows below it: resume at the next
+            # row down instead of ending the walk there.
+            next_high: int | None = _one(conn, jump, {"id": low})["id"]
+            if next_high is None:
+                break
+            high = next_high
+            continue
         for row in rows:
             minute, hour = counts.get(row["topic"], (0, 0))
             counts[row["topic"]] = (minute + row["sent_last_minute"], hour + row["sent_last_hour"])

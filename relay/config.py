@@ -209,6 +209,14 @@ def _identifier(value: str) -> str:
     return value
 
 
+def _schema_name(value: str) -> str:
+    _identifier(value)
+    # CREATE SCHEMA refuses the prefix, and tables cannot go into the system schemas.
+    if value.startswith("pg_"):
+        raise ValueError(f"names starting with pg_ are PostgreSQL's own, got {value!r}")
+    return value
+
+
 def _table_name(value: str) -> str:
     # The outbox's own objects are named <table>_<suffix> and must fit NAMEDATALEN too,
     # or PostgreSQL would truncate them to names that collide.
@@ -294,7 +302,7 @@ OPTIONS: Final[tuple[Option, ...]] = (
         _bootstrap_servers,
     ),
     Option("mode", "poll the outbox table, or tail the WAL", _choice("poll", "wal")),
-    Option("schema", "schema of the outbox table", _identifier),
+    Option("schema", "schema of the outbox table", _schema_name),
     Option("table", "name of the outbox table", _table_name),
     Option(
         "on_sent",

@@ -383,7 +383,10 @@ def check_publication(facts: DatabaseFacts, settings: Settings) -> Check:
             name,
             Level.FAIL,
             f"publication {settings.publication} does not include {outbox}",
-            f"ALTER PUBLICATION {publication} ADD TABLE {table}",
+            # Adding the table to another outbox's publication would stream this
+            # outbox's inserts to that outbox's relay too: its own comes first.
+            f"if it is another outbox's, give this one its own: --publication and "
+            f"--slot-name; else ALTER PUBLICATION {publication} ADD TABLE {table}",
         )
     if not publishes_inserts:
         return Check(

@@ -188,7 +188,7 @@ class RelayLoop:
                     continue
                 finally:
                     prefetch = None
-                self._health.database_connected = True
+                self._health.database_answered(None)
                 if not batch:
                     await self._idle(stopping)
                     continue
@@ -249,7 +249,7 @@ class RelayLoop:
             await self._acks.submit(acknowledgement)
         except DatabaseError as exc:
             log.warning("acknowledgement failed", error=str(exc))
-            self._health.database_connected = False
+            self._health.database_answered(first_line(exc))
             return None
         return acknowledgement
 
@@ -319,11 +319,11 @@ class RelayLoop:
                     error=failed.failure.error,
                 )
         if acknowledgement.sent:
-            self._health.broker_connected = True
+            self._health.broker_answered(None)
         elif acknowledgement.unsettled and not acknowledgement.failed:
             # Nothing acknowledged, nothing rejected: every event met a retriable error
             # (connection lost, timeout). /readyz says so until a batch gets through.
-            self._health.broker_connected = False
+            self._health.broker_answered(self._last_failure or "")
         if acknowledgement.complete:
             stats.consecutive_failures = 0
             self._health.progressed(self._monotonic())
@@ -368,7 +368,7 @@ class RelayLoop:
         except DatabaseError as exc:
             error = error or exc
         if isinstance(error, DatabaseError):
-            self._health.database_connected = False
+            self._health.database_answered(first_line(error))
         if error is not None:
             log.warning(
                 "relay step failed, retrying",

@@ -1,8 +1,9 @@
 """The migration kit: versioned SQL files that add the outbox to a service's database.
 
-`apply` runs the pending migrations, each in its own transaction, under an advisory lock,
-and records them in ``<schema>.<table>_migrations``; `script` renders the same SQL for
-teams that apply migrations with Alembic, Flyway or Liquibase.
+`apply` runs the pending migrations, each in its own transaction (the first one together
+with the schema and version table it needs), under an advisory lock, and records them in
+``<schema>.<table>_migrations``; `script` renders the same SQL for teams that apply
+migrations with Alembic, Flyway or Liquibase.
 """
 
 from __future__ import annotations
@@ -111,36 +112,73 @@ def _lock_key(settings: Settings) -> sql.Composed:
     )
 
 
+def _publication_taken(conn: psycopg.Connection[tuple[object, ...]], settings: Settings) -> str:
+    """A one-line hint when the publication 0001 would create exists already, else ''."""
+    row = conn.execute(
+        "SELECT coalesce(string_agg(quote_ident(schemaname) || '.' || quote_ident(tablename),"
+        " ', '), '') FROM pg_publication p LEFT JOIN pg_publication_tables t USING (pubname)"
+        " WHERE p.pubname = %s GROUP BY p.pubname",
+        (settings.publication,),
+    ).fetchone()
+    if row is None:
+        return ""
+    tables = f" (it publishes {row[0]})" if row[0] else ""
+    own = f"{settings.table}_pub"
+    if own == settings.publication:
+        own = f"{settings.schema}_{settings.table}_pub"
+    return (
+        f"publication {settings.publication} exists already{tables}: give this outbox its "
+        f"own with --publication (e.g. --publication {own}), and its relay its own "
+        "--slot-name"
+    )
+
+
 def apply(settings: Settings) -> list[Migration]:
     """Apply the pending migrations; return those applied (empty when up to date).
 
-    Concurrent runs are safe: they queue on an advisory lock, and the later ones find
-    nothing left to do.
+    Each migration runs in its own transaction; the first one also creates the schema and
+    the version table, so a failed first migration leaves nothing behind. Concurrent
+    runs are safe: they queue on an advisory lock, and the later ones find nothing left
+    to do.
     """
     names = names_for(settings)
     try:
         with psycopg.connect(settings.conninfo, autocommit=True, connect_timeout=10) as conn:
             conn.execute(sql.SQL("SELECT pg_advisory_lock({})").format(_lock_key(settings)))
             try:
-                with conn.transaction():
-                    conn.execute(relay_sql.render("CREATE SCHEMA IF NOT EXISTS {schema}", names))
-                    conn.execute(relay_sql.render(VERSION_TABLE, names))
-                done = {
-                    row[0]
-                    for row in conn.execute(
-                        relay_sql.render("SELECT version FROM {migrations}", names)
-                    )
-                }
-                pending = [m for m in migrations() if m.version not in done]
-                for _migration, statement in _steps(settings, pending):
-                    with conn.transaction():
-                        conn.execute(statement)
+                pending = _apply_pending(conn, settings, names)
             finally:
                 conn.execute(sql.SQL("SELECT pg_advisory_unlock({})").format(_lock_key(settings)))
     except psycopg.OperationalError as exc:
         raise DatabaseError(f"cannot connect to the database: {first_line(exc)}") from None
     except psycopg.Error as exc:
         raise MigrationError(f"migration failed: {first_line(exc)}") from None
+    return pending
+
+
+def _apply_pending(
+    conn: psycopg.Connection[tuple[object, ...]],
+    settings: Settings,
+    names: dict[str, sql.Composable],
+) -> list[Migration]:
+    with conn.transaction():
+        conn.execute(relay_sql.render("CREATE SCHEMA IF NOT EXISTS {schema}", names))
+        conn.execute(relay_sql.render(VERSION_TABLE, names))
+        done = {
+            row[0]
+            for row in conn.execute(relay_sql.render("SELECT version FROM {migrations}", names))
+        }
+        pending = [m for m in migrations() if m.version not in done]
+        if not pending:
+            return []
+        if pending[0].version == 1 and (hint := _publication_taken(conn, settings)):
+            # Raised inside the transaction: the schema and version table go with it.
+            raise MigrationError(hint)
+        steps = list(_steps(settings, pending))
+        conn.execute(steps[0][1])
+    for _migration, statement in steps[1:]:
+        with conn.transaction():
+            conn.execute(statement)
     return pending
 
 

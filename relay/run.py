@@ -29,7 +29,7 @@ from relay.errors import (
     DatabaseError,
     PermanentDatabaseError,
 )
-from relay.health import Health
+from relay.health import Health, broker_probe_due
 from relay.kafka import KafkaPublisher
 from relay.leadership import Leadership
 from relay.loop import LoopConfig, RelayLoop
@@ -180,8 +180,7 @@ class Relay:
         return False  # pragma: no cover - the loop above only ends by returning
 
     def _database_failed(self, exc: DatabaseError) -> None:
-        self.health.database_connected = False
-        self.health.database_error = str(exc)
+        self.health.database_answered(str(exc))
 
     async def _connect_publisher(self) -> None:
         """Connect to Kafka, retrying with backoff until it works (then /readyz knows).
@@ -195,8 +194,7 @@ class Relay:
                 await self._start_publisher()
             except Exception as exc:  # noqa: BLE001 - any failure: try again later
                 delay = decisions.backoff_s(failures, random.random, max_s=MAX_RETRY_DELAY_S)
-                self.health.broker_connected = False
-                self.health.broker_error = str(exc)
+                self.health.broker_answered(str(exc))
                 if isinstance(exc, BrokerCapabilityError):
                     if told != str(exc):
                         log.error(str(exc))  # noqa: TRY400 - one line, no traceback
@@ -211,8 +209,7 @@ class Relay:
                     )
                 await asyncio.sleep(delay)
             else:
-                self.health.broker_connected = True
-                self.health.broker_error = ""
+                self.health.broker_answered(None)
                 return
 
     async def _start_publisher(self) -> None:
@@ -240,35 +237,31 @@ class Relay:
         request whenever the loop is not publishing (the loop's results say more then).
         """
         while True:
-            if not self.health.leader:
-                healthy = self.leadership.connected
-                self.health.database_connected = healthy
-                if healthy:
-                    self.health.database_error = ""
-                elif self.leadership.problem:
-                    self.health.database_error = self.leadership.problem
+            self.health.lock_connection_observed(
+                connected=self.leadership.connected, problem=self.leadership.problem or ""
+            )
             await self._probe_broker(connecting)
             await asyncio.sleep(PROBE_INTERVAL_S)
 
     async def _probe_broker(self, connecting: asyncio.Task[None]) -> None:
-        publishing = self.loop is not None and self.health.leader and not self.loop.stats.idle
-        if not connecting.done() or publishing or not isinstance(self.publisher, Probed):
+        due = broker_probe_due(
+            publisher_started=connecting.done(),
+            leader=self.health.leader,
+            loop_idle=self.loop is None or self.loop.stats.idle,
+        )
+        if not due or not isinstance(self.publisher, Probed):
             return
         try:
             await self.publisher.probe()
         except BrokerError as exc:
-            if self.health.broker_connected:
+            if self.health.broker_answered(str(exc)):
                 log.warning("kafka probe failed", error=str(exc))
-            self.health.broker_connected = False
-            self.health.broker_error = str(exc)
         else:
-            if not self.health.broker_connected:
+            if self.health.broker_answered(None):
                 log.info("kafka answers again", servers=self.settings.bootstrap_servers)
-            self.health.broker_connected = True
-            self.health.broker_error = ""
 
     def _set_leader(self, *, leader: bool) -> None:
-        self.health.leader = leader
+        self.health.set_leader(leader=leader, now_s=time.monotonic())
         self.metrics.is_leader.set(1 if leader else 0)
 
     async def _lead(self, stop: asyncio.Event) -> None:
@@ -283,8 +276,7 @@ class Relay:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), RESTART_DELAY_S)
             return
-        self.health.database_connected = True
-        self.health.database_error = ""
+        self.health.database_answered(None)
         loop_stop = asyncio.Event()
         self.loop = RelayLoop(
             source,

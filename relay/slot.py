@@ -200,8 +200,9 @@ async def check_and_prepare(conn: psycopg.AsyncConnection[Any], settings: Settin
         return
     if not publication["covers_outbox"]:
         raise WalSetupError(
-            f"publication {settings.publication} does not include {outbox}: "
-            f"ALTER PUBLICATION {settings.publication} ADD TABLE {outbox}"
+            f"publication {settings.publication} does not include {outbox}: if it is "
+            "another outbox's, set --publication and --slot-name to this outbox's own, "
+            f"else ALTER PUBLICATION {settings.publication} ADD TABLE {outbox}"
         )
     if not publication["pubinsert"]:
         raise WalSetupError(

@@ -65,7 +65,7 @@ GROUP BY topic;
 
 -- name: sent_in_chunk
 -- One slice of the backward walk that counts recently sent events (sent_at has no index:
--- the walk stops at the first slice with nothing recent and nothing pending).
+-- the walk stops at the first slice with rows but nothing recent and nothing pending).
 SELECT topic,
        count(*) FILTER (WHERE sent_at >= %(minute_ago)s) AS sent_last_minute,
        count(*) FILTER (WHERE sent_at >= %(hour_ago)s) AS sent_last_hour,
@@ -74,6 +74,11 @@ SELECT topic,
 FROM {outbox}
 WHERE id > %(low)s AND id <= %(high)s
 GROUP BY topic;
+
+-- name: last_id_at_or_below
+-- The walk's jump over an id gap (a sequence set forward, rolled-back inserts, purged
+-- rows): one backward probe of the primary key.
+SELECT max(id) AS id FROM {outbox} WHERE id <= %(id)s;
 
 -- name: retry_batch
 WITH chosen AS (

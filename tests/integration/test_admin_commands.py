@@ -132,6 +132,22 @@ def test_status_counts_a_drained_backlog_of_old_events_sent_just_now(database_ur
     assert (status["sent_last_minute"], status["pending"]) == (50, 30)
 
 
+def test_status_counts_sent_events_across_an_id_gap(database_url: str) -> None:
+    # A sequence set forward (a restore, a bulk insert rolled back) leaves slices of the
+    # walk with no rows at all: the walk must jump the gap, not stop at it.
+    add_events(database_url, 5, topic="orders", state="sent", age_s=30, sent_age_s=20)
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(
+            "SELECT setval(pg_get_serial_sequence('public.outbox', 'id'), 1000000 + "
+            "(SELECT max(id) FROM public.outbox))"
+        )
+    add_events(database_url, 3, topic="orders", state="sent", age_s=10, sent_age_s=5)
+    add_events(database_url, 2, topic="orders", age_s=1)
+    status = json.loads(cli("status", "--database-url", database_url, "--json").stdout)
+    assert (status["sent_last_minute"], status["sent_last_hour"]) == (8, 8)
+    assert (status["pending"], status["sent_counts_complete"]) == (2, True)
+
+
 def test_status_in_wal_mode_reports_the_slot(database_url: str) -> None:
     missing = cli("status", "--database-url", database_url, "--mode", "wal", "--json")
     assert missing.exit_code == 1

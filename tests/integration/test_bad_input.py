@@ -52,6 +52,7 @@ BAD_SETTINGS: tuple[tuple[str, str, str], ...] = (
     ("--poll-interval", "0", "invalid poll_interval in --poll-interval: must be at least"),
     ("--slot-name", "Outbox_Relay", "invalid slot_name in --slot-name: expected lower-case"),
     ("--table", "t" * 49, "invalid table in --table: at most 48 characters"),
+    ("--schema", "pg_x", "invalid schema in --schema: names starting with pg_ are PostgreSQL's"),
     ("RELAY_SHUTDOWN_TIMEOUT", "9" * 400, "invalid shutdown_timeout in $RELAY_SHUTDOWN_TIMEOUT"),
     ("RELAY_HTTP_PORT", "-1", "invalid http_port in $RELAY_HTTP_PORT: must be at least 0"),
     ("RELAY_LOCK_IDD", "5", "unknown setting 'RELAY_LOCK_IDD' in the environment"),
@@ -197,6 +198,7 @@ PRODUCER_CASES = [
     ),
     pytest.param(lambda: Outbox(table="t" * 49), ConfigError, "invalid outbox table", id="table"),
     pytest.param(lambda: Outbox(schema="a b"), ConfigError, "invalid outbox schema", id="schema"),
+    pytest.param(lambda: Outbox(schema="pg_x"), ConfigError, "pg_ are", id="pg_ schema"),
     pytest.param(
         lambda: Event("t", {1: 2}),  # type: ignore[dict-item]
         InvalidEventError,

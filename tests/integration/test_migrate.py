@@ -89,3 +89,18 @@ def test_unreachable_database_is_one_line_and_non_zero() -> None:
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1
     assert lines[0].startswith("outbox-relay: error: cannot connect to the database")
+
+
+def test_a_failed_first_migration_leaves_no_version_table_behind(database_url: str) -> None:
+    # public.outbox's lease table is public.outbox_leader: an outbox of that name collides.
+    result = run_cli(
+        *("migrate", "--database-url", database_url),
+        *("--table", "outbox_leader", "--publication", "p2"),
+    )
+    assert result.returncode == 1, result.stdout
+    assert result.stderr.strip().splitlines() == [
+        'outbox-relay: error: migration failed: relation "outbox_leader" already exists'
+    ]
+    with psycopg.connect(database_url) as conn:
+        row = conn.execute("SELECT to_regclass('public.outbox_leader_migrations')").fetchone()
+    assert row == (None,)

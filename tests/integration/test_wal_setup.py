@@ -44,8 +44,9 @@ async def test_a_publication_without_the_outbox_is_refused(settings: Settings) -
     with pytest.raises(WalSetupError) as raised:
         await start_and_stop(settings)
     assert str(raised.value) == (
-        "publication outbox_pub does not include public.outbox: "
-        "ALTER PUBLICATION outbox_pub ADD TABLE public.outbox"
+        "publication outbox_pub does not include public.outbox: if it is another outbox's, "
+        "set --publication and --slot-name to this outbox's own, "
+        "else ALTER PUBLICATION outbox_pub ADD TABLE public.outbox"
     )
 
 
