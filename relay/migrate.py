@@ -154,7 +154,7 @@ def apply(settings: Settings) -> list[Migration]:
 
 
 #: Errors of a first migration whose object exists already, made by something else.
-_NAME_CLASHES: Final = (
+NAME_CLASHES: Final = (
     psycopg.errors.DuplicateTable,
     psycopg.errors.DuplicateObject,
     psycopg.errors.DuplicateFunction,
@@ -185,7 +185,7 @@ def run_locked(
                 conn.execute(sql.SQL("SELECT pg_advisory_unlock({})").format(lock_key))
     except psycopg.OperationalError as exc:
         raise DatabaseError(f"cannot connect to the database: {first_line(exc)}") from None
-    except _NAME_CLASHES as exc:
+    except NAME_CLASHES as exc:
         raise MigrationError(f"{_failed(kit)}: {name_clash(exc, kit)}") from None
     except psycopg.Error as exc:
         raise MigrationError(f"{_failed(kit)}: {first_line(exc)}") from None
@@ -195,11 +195,11 @@ def _failed(kit: str) -> str:
     return "migration failed" if kit == "outbox" else f"{kit} migration failed"
 
 
-def name_clash(exc: BaseException, kit: str) -> str:
+def name_clash(exc: BaseException, kit: str, choose: str = "--table or --schema") -> str:
     """The one line for a migration that found its name taken by something else."""
     return (
         f"{first_line(exc)}, and not as this {kit}'s (its version table does not record "
-        "it): choose another --table or --schema, or rename what holds the name"
+        f"it): choose another {choose}, or rename what holds the name"
     )
 
 
