@@ -41,6 +41,8 @@ MIN_POLL_INTERVAL_S: Final = 0.01
 #: Durations beyond a century are typing mistakes (and overflow dates and timers).
 MAX_DURATION_S: Final = 100 * 365 * 86400.0
 MAX_LOCK_ID: Final = 2**63 - 1
+#: The batch size goes to LIMIT, which takes a bigint.
+MAX_BATCH_SIZE: Final = 2**63 - 1
 MAX_PORT: Final = 65535
 #: Kafka types ``batch.size``, ``max.request.size`` and ``request.timeout.ms`` as int32
 #: (the produce request carries the timeout as one) and ``linger.ms`` as int64.
@@ -327,7 +329,7 @@ OPTIONS: Final[tuple[Option, ...]] = (
         "after Kafka acknowledged an event: mark the row sent, delete it, or (wal) leave it",
         _choice("mark", "delete", "none"),
     ),
-    Option("batch_size", "events fetched and published per batch", _int(1)),
+    Option("batch_size", "events fetched and published per batch", _int(1, MAX_BATCH_SIZE)),
     Option(
         "poll_interval",
         "seconds between polls when no notification comes (at least 10ms)",
