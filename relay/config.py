@@ -18,7 +18,7 @@ from typing import Any, Final
 
 import psycopg.conninfo
 
-from relay import redact
+from relay import decisions, redact
 from relay.errors import ConfigError
 
 ENV_PREFIX: Final = "RELAY_"
@@ -41,7 +41,18 @@ MIN_POLL_INTERVAL_S: Final = 0.01
 #: Durations beyond a century are typing mistakes (and overflow dates and timers).
 MAX_DURATION_S: Final = 100 * 365 * 86400.0
 MAX_LOCK_ID: Final = 2**63 - 1
+#: The batch size goes to LIMIT, which takes a bigint.
+MAX_BATCH_SIZE: Final = 2**63 - 1
 MAX_PORT: Final = 65535
+#: Kafka types ``batch.size``, ``max.request.size`` and ``request.timeout.ms`` as int32
+#: (the produce request carries the timeout as one) and ``linger.ms`` as int64.
+MAX_KAFKA_INT: Final = 2**31 - 1
+MAX_KAFKA_LONG: Final = 2**63 - 1
+#: The smallest record the relay sends, as Kafka sizes it against ``max.request.size``: a
+#: record batch's 61-byte header, at most 21 bytes of record overhead, the varints of a
+#: null key, a null value and the header count (1 each) and the ``event_id`` header
+#: (1 + 8 + 1 + 36 for its UUID). A smaller request size can never hold a record.
+MIN_KAFKA_REQUEST_SIZE: Final = 61 + 21 + 3 + 46
 
 
 class Mode(enum.StrEnum):
@@ -144,14 +155,16 @@ def _text(value: str) -> str:
     return value
 
 
-def _int(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
+def _int(minimum: int, maximum: int | None = None, why: str = "") -> Callable[[str], int]:
+    """A parser of integers from `minimum` to `maximum`; `why` explains the minimum."""
+
     def parse(value: str) -> int:
         try:
             number = int(value)
         except ValueError:
             raise ValueError(f"expected an integer, got {value[:40]!r}") from None
         if number < minimum:
-            raise ValueError(f"must be at least {minimum}, got {number}")
+            raise ValueError(f"must be at least {minimum}{why}, got {number}")
         if maximum is not None and number > maximum:
             raise ValueError(f"must be at most {maximum}, got {number}")
         return number
@@ -243,6 +256,15 @@ def _slot_name(value: str) -> str:
     return value
 
 
+def _topic_names(value: str) -> str:
+    for topic in (name.strip() for name in value.split(",")):
+        if topic and not decisions.valid_topic(topic):
+            raise ValueError(
+                f"{topic[:80]!r} is not a Kafka topic name (1-249 letters, digits, '.', '_' or '-')"
+            )
+    return value
+
+
 _BOOTSTRAP_SERVER = re.compile(r"^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+)(?::(\d+))?$")
 
 
@@ -309,7 +331,7 @@ OPTIONS: Final[tuple[Option, ...]] = (
         "after Kafka acknowledged an event: mark the row sent, delete it, or (wal) leave it",
         _choice("mark", "delete", "none"),
     ),
-    Option("batch_size", "events fetched and published per batch", _int(1)),
+    Option("batch_size", "events fetched and published per batch", _int(1, MAX_BATCH_SIZE)),
     Option(
         "poll_interval",
         "seconds between polls when no notification comes (at least 10ms)",
@@ -341,7 +363,7 @@ OPTIONS: Final[tuple[Option, ...]] = (
     Option(
         "message_topics",
         "comma-separated topics table-less messages may publish to; others are parked",
-        _text,
+        _topic_names,
     ),
     Option(
         "heartbeat_interval",
@@ -376,10 +398,30 @@ OPTIONS: Final[tuple[Option, ...]] = (
         "record batch compression",
         _choice("none", "gzip", "snappy", "lz4", "zstd"),
     ),
-    Option("kafka_linger_ms", "milliseconds the producer waits to fill a batch", _int(0)),
-    Option("kafka_max_batch_bytes", "largest record batch per partition, in bytes", _int(1)),
-    Option("kafka_max_request_size", "largest produce request (and record), in bytes", _int(1)),
-    Option("kafka_request_timeout_ms", "milliseconds before a produce request times out", _int(1)),
+    Option(
+        "kafka_linger_ms",
+        "milliseconds the producer waits to fill a batch",
+        _int(0, MAX_KAFKA_LONG),
+    ),
+    Option(
+        "kafka_max_batch_bytes",
+        "largest record batch per partition, in bytes (the request size caps it)",
+        _int(1, MAX_KAFKA_INT),
+    ),
+    Option(
+        "kafka_max_request_size",
+        f"largest produce request (and record), in bytes (at least {MIN_KAFKA_REQUEST_SIZE})",
+        _int(
+            MIN_KAFKA_REQUEST_SIZE,
+            MAX_KAFKA_INT,
+            " (the size of the smallest record: batch header, record overhead, event_id)",
+        ),
+    ),
+    Option(
+        "kafka_request_timeout_ms",
+        "milliseconds before a produce request times out",
+        _int(1, MAX_KAFKA_INT),
+    ),
     Option(
         "kafka_auto_create_topics",
         "ask the broker to create a missing topic (false: never; its events are parked)",

@@ -96,7 +96,9 @@ def producer_options(settings: Settings) -> dict[str, Any]:
             None if settings.kafka_compression == "none" else settings.kafka_compression
         ),
         "linger_ms": settings.kafka_linger_ms,
-        "max_batch_size": settings.kafka_max_batch_bytes,
+        # As in Kafka's Java producer, the request size caps a batch: a larger batch would
+        # be refused by a broker sized for the request (MESSAGE_TOO_LARGE parks its events).
+        "max_batch_size": min(settings.kafka_max_batch_bytes, settings.kafka_max_request_size),
         "max_request_size": settings.kafka_max_request_size,
         "request_timeout_ms": settings.kafka_request_timeout_ms,
         "metadata_max_age_ms": METADATA_MAX_AGE_MS,

@@ -11,11 +11,12 @@ from __future__ import annotations
 import dataclasses
 import importlib.resources
 import re
-from collections.abc import Container, Iterator
+from collections.abc import Callable, Container, Iterator
 from pathlib import Path
 from typing import Final
 
 import psycopg
+import psycopg.errors
 from psycopg import sql
 
 from relay import sql as relay_sql
@@ -142,24 +143,71 @@ def apply(settings: Settings) -> list[Migration]:
     to do.
     """
     names = names_for(settings)
+    steps = dict(_steps(settings, migrations()))
+    return run_locked(
+        settings.conninfo,
+        _lock_key(settings),
+        names,
+        steps,
+        first_check=lambda conn: _publication_taken(conn, settings),
+    )
+
+
+#: Errors of a first migration whose object exists already, made by something else.
+NAME_CLASHES: Final = (
+    psycopg.errors.DuplicateTable,
+    psycopg.errors.DuplicateObject,
+    psycopg.errors.DuplicateFunction,
+)
+
+
+def run_locked(
+    conninfo: str,
+    lock_key: sql.Composable,
+    names: dict[str, sql.Composable],
+    steps: dict[Migration, sql.Composed],
+    *,
+    kit: str = "outbox",
+    first_check: Callable[[psycopg.Connection[tuple[object, ...]]], str] | None = None,
+) -> list[Migration]:
+    """Apply the `steps` not yet recorded in ``{migrations}``, under the advisory lock.
+
+    Shared by the outbox and inbox `kit`s. The first migration runs in one transaction with
+    the schema and the version table, so when it fails (a name taken by another object,
+    or what `first_check` refuses with a one-line reason) nothing is left behind.
+    """
     try:
-        with psycopg.connect(settings.conninfo, autocommit=True, connect_timeout=10) as conn:
-            conn.execute(sql.SQL("SELECT pg_advisory_lock({})").format(_lock_key(settings)))
+        with psycopg.connect(conninfo, autocommit=True, connect_timeout=10) as conn:
+            conn.execute(sql.SQL("SELECT pg_advisory_lock({})").format(lock_key))
             try:
-                pending = _apply_pending(conn, settings, names)
+                return _apply_pending(conn, names, steps, first_check)
             finally:
-                conn.execute(sql.SQL("SELECT pg_advisory_unlock({})").format(_lock_key(settings)))
+                conn.execute(sql.SQL("SELECT pg_advisory_unlock({})").format(lock_key))
     except psycopg.OperationalError as exc:
         raise DatabaseError(f"cannot connect to the database: {first_line(exc)}") from None
+    except NAME_CLASHES as exc:
+        raise MigrationError(f"{_failed(kit)}: {name_clash(exc, kit)}") from None
     except psycopg.Error as exc:
-        raise MigrationError(f"migration failed: {first_line(exc)}") from None
-    return pending
+        raise MigrationError(f"{_failed(kit)}: {first_line(exc)}") from None
+
+
+def _failed(kit: str) -> str:
+    return "migration failed" if kit == "outbox" else f"{kit} migration failed"
+
+
+def name_clash(exc: BaseException, kit: str, choose: str = "--table or --schema") -> str:
+    """The one line for a migration that found its name taken by something else."""
+    return (
+        f"{first_line(exc)}, and not as this {kit}'s (its version table does not record "
+        f"it): choose another {choose}, or rename what holds the name"
+    )
 
 
 def _apply_pending(
     conn: psycopg.Connection[tuple[object, ...]],
-    settings: Settings,
     names: dict[str, sql.Composable],
+    steps: dict[Migration, sql.Composed],
+    first_check: Callable[[psycopg.Connection[tuple[object, ...]]], str] | None,
 ) -> list[Migration]:
     with conn.transaction():
         conn.execute(relay_sql.render("CREATE SCHEMA IF NOT EXISTS {schema}", names))
@@ -168,17 +216,16 @@ def _apply_pending(
             row[0]
             for row in conn.execute(relay_sql.render("SELECT version FROM {migrations}", names))
         }
-        pending = [m for m in migrations() if m.version not in done]
+        pending = [m for m in steps if m.version not in done]
         if not pending:
             return []
-        if pending[0].version == 1 and (hint := _publication_taken(conn, settings)):
+        if pending[0].version == 1 and first_check and (reason := first_check(conn)):
             # Raised inside the transaction: the schema and version table go with it.
-            raise MigrationError(hint)
-        steps = list(_steps(settings, pending))
-        conn.execute(steps[0][1])
-    for _migration, statement in steps[1:]:
+            raise MigrationError(reason)
+        conn.execute(steps[pending[0]])
+    for migration in pending[1:]:
         with conn.transaction():
-            conn.execute(statement)
+            conn.execute(steps[migration])
     return pending
 
 

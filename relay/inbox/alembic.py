@@ -17,7 +17,7 @@ two agree afterwards; it works online and in Alembic's offline ``--sql`` mode.
 from __future__ import annotations
 
 from relay import sql as relay_sql
-from relay.alembic import Operations, _ddl
+from relay.alembic import Operations, _ddl, pending, recorded_versions, run_script
 from relay.errors import MigrationError
 from relay.inbox import migrate, names
 
@@ -42,9 +42,10 @@ def upgrade_inbox(
             f"cannot upgrade the inbox from version {from_version} to {to_version}: this "
             f"outbox-relay ships versions 1 to {latest}"
         )
-    op.execute(
-        _ddl(migrate.script(schema, table, versions=range(from_version + 1, to_version + 1)))
-    )
+    recorded = recorded_versions(op, names.identifiers(schema, table))
+    versions = pending(range(from_version + 1, to_version + 1), recorded)
+    if versions:  # else applied already, e.g. by `outbox-relay inbox migrate`
+        run_script(op, migrate.script(schema, table, versions=versions), "inbox")
 
 
 def create_inbox(

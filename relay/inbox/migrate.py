@@ -11,13 +11,12 @@ from __future__ import annotations
 import importlib.resources
 from collections.abc import Container
 
-import psycopg
 from psycopg import sql
 
 from relay import sql as relay_sql
-from relay.errors import ConfigError, DatabaseError, MigrationError, first_line
+from relay.errors import ConfigError
 from relay.inbox import names
-from relay.migrate import FILE_NAME, RECORD, VERSION_TABLE, Migration
+from relay.migrate import FILE_NAME, RECORD, VERSION_TABLE, Migration, run_locked
 
 
 def migrations() -> list[Migration]:
@@ -65,34 +64,13 @@ def _lock_key(schema: str, table: str) -> sql.Composed:
 
 
 def apply(conninfo: str, schema: str = "public", table: str = "inbox") -> list[Migration]:
-    """Apply the pending inbox migrations; return those applied (empty when up to date)."""
+    """Apply the pending inbox migrations; return those applied (empty when up to date).
+
+    As `relay.migrate.apply`: the first migration runs with the schema and the version
+    table, so a name taken by another table leaves nothing behind.
+    """
     if not conninfo:
         raise ConfigError("no database URL: set --database-url or RELAY_DATABASE_URL")
     placeholders = names.identifiers(schema, table)
-    lock = _lock_key(schema, table)
-    try:
-        with psycopg.connect(conninfo, autocommit=True, connect_timeout=10) as conn:
-            conn.execute(sql.SQL("SELECT pg_advisory_lock({})").format(lock))
-            try:
-                with conn.transaction():
-                    conn.execute(
-                        relay_sql.render("CREATE SCHEMA IF NOT EXISTS {schema}", placeholders)
-                    )
-                    conn.execute(relay_sql.render(VERSION_TABLE, placeholders))
-                done = {
-                    row[0]
-                    for row in conn.execute(
-                        relay_sql.render("SELECT version FROM {migrations}", placeholders)
-                    )
-                }
-                pending = [m for m in migrations() if m.version not in done]
-                for migration in pending:
-                    with conn.transaction():
-                        conn.execute(_statement(migration, placeholders))
-            finally:
-                conn.execute(sql.SQL("SELECT pg_advisory_unlock({})").format(lock))
-    except psycopg.OperationalError as exc:
-        raise DatabaseError(f"cannot connect to the database: {first_line(exc)}") from None
-    except psycopg.Error as exc:
-        raise MigrationError(f"inbox migration failed: {first_line(exc)}") from None
-    return pending
+    steps = {migration: _statement(migration, placeholders) for migration in migrations()}
+    return run_locked(conninfo, _lock_key(schema, table), placeholders, steps, kit="inbox")

@@ -6,8 +6,11 @@ from pathlib import Path
 
 import psycopg
 import pytest
+import sqlalchemy
 from alembic import command
 from alembic.config import Config
+from alembic.migration import MigrationContext
+from alembic.operations import Operations
 
 from relay._embedded import EmbeddedPostgres
 from relay.alembic import create_outbox, latest_version, upgrade_outbox
@@ -170,12 +173,22 @@ def _events_schema(postgres: EmbeddedPostgres, url: str) -> str:
 
 
 class RecordingOperations:
+    """Alembic's offline mode: statements are recorded, nothing is asked of a database."""
+
+    as_sql = True
+
     def __init__(self) -> None:
         self.executed: list[object] = []
 
     def execute(self, sqltext: object, /) -> object:
         self.executed.append(sqltext)
         return None
+
+    def get_context(self) -> RecordingOperations:
+        return self
+
+    def get_bind(self) -> sqlalchemy.Connection:
+        raise AssertionError("offline: no connection")
 
 
 @pytest.mark.parametrize(("from_version", "to_version"), [(0, 0), (1, 1), (0, 99), (-1, 1)])
@@ -192,3 +205,41 @@ def test_names_are_checked_like_the_settings() -> None:
     with pytest.raises(ConfigError, match="invalid table"):
         create_outbox(op, version=1, table="outbox; drop table x")
     assert op.executed == []
+
+
+def test_alembic_on_an_outbox_made_by_migrate_applies_only_what_is_not_recorded(
+    tmp_path: Path, postgres: EmbeddedPostgres, database_url: str
+) -> None:
+    """A service adopting Alembic after `outbox-relay migrate`: before, DuplicateTable."""
+    before = _schema(postgres, database_url)
+    command.upgrade(_alembic(tmp_path, database_url), "head")
+    assert _schema(postgres, database_url) == before
+
+
+def _revision_in_a_transaction(engine: sqlalchemy.Engine, table: str, publication: str) -> None:
+    """`create_outbox` as a revision runs it online: in a transaction, rolled back on error."""
+    with engine.begin() as conn:
+        op = Operations(MigrationContext.configure(conn))
+        create_outbox(op, version=1, table=table, publication=publication)
+
+
+def test_a_name_held_by_another_table_is_one_line_and_alembic_takes_everything_back(
+    database_url: str,
+) -> None:
+    # public.outbox's lease table is public.outbox_leader: an outbox of that name collides.
+    engine = sqlalchemy.create_engine(
+        database_url.replace("postgresql://", "postgresql+psycopg://")
+    )
+    try:
+        with pytest.raises(MigrationError) as caught:
+            _revision_in_a_transaction(engine, table="outbox_leader", publication="p2")
+    finally:
+        engine.dispose()
+    assert str(caught.value) == (
+        'outbox migration failed: relation "outbox_leader" already exists, and not as this '
+        "outbox's (its version table does not record it): choose another table= or schema=, "
+        "or rename what holds the name"
+    )
+    with psycopg.connect(database_url) as conn:
+        row = conn.execute("SELECT to_regclass('public.outbox_leader_migrations')").fetchone()
+    assert row == (None,)

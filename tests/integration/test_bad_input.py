@@ -59,6 +59,10 @@ BAD_SETTINGS: tuple[tuple[str, str, str], ...] = (
     ("--http-host", "a host", "invalid http_host in --http-host"),
     ("--heartbeat-interval", "0", "invalid heartbeat_interval in --heartbeat-interval"),
     ("--kafka-acks", "2", "invalid kafka_acks in --kafka-acks"),
+    ("--message-topics", "ok,a/b", "invalid message_topics in --message-topics: 'a/b' is not"),
+    ("--kafka-max-request-size", "10", "invalid kafka_max_request_size in --kafka-max-request"),
+    ("RELAY_KAFKA_REQUEST_TIMEOUT_MS", str(2**31), "must be at most 2147483647"),
+    ("--batch-size", str(2**63), "invalid batch_size in --batch-size: must be at most"),
 )
 
 #: Command-specific bad arguments (click usage errors say "Error:" on their last line).

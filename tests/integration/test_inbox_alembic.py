@@ -44,3 +44,17 @@ def test_an_unknown_version_is_refused(database_url: str) -> None:
             )
     finally:
         engine.dispose()
+
+
+def test_alembic_on_an_inbox_made_by_migrate_applies_nothing(database_url: str) -> None:
+    """A service adopting Alembic after `outbox-relay inbox migrate`: before, DuplicateTable."""
+    assert [m.version for m in inbox_migrate.apply(database_url, "svc")] == [1]
+    engine = sqlalchemy.create_engine(
+        database_url.replace("postgresql://", "postgresql+psycopg://")
+    )
+    try:
+        with engine.begin() as conn:
+            create_inbox(Operations(MigrationContext.configure(conn)), version=1, schema="svc")
+    finally:
+        engine.dispose()
+    assert inbox_migrate.apply(database_url, "svc") == []

@@ -7,6 +7,7 @@ import psycopg
 
 from relay import migrate
 from relay._embedded import EmbeddedPostgres
+from relay.inbox import migrate as inbox_migrate
 from tests.support import run_cli
 
 
@@ -99,8 +100,39 @@ def test_a_failed_first_migration_leaves_no_version_table_behind(database_url: s
     )
     assert result.returncode == 1, result.stdout
     assert result.stderr.strip().splitlines() == [
-        'outbox-relay: error: migration failed: relation "outbox_leader" already exists'
+        (
+            'outbox-relay: error: migration failed: relation "outbox_leader" already exists, and '
+            "not as this outbox's (its version table does not record it): choose another --table "
+            "or --schema, or rename what holds the name"
+        )
     ]
     with psycopg.connect(database_url) as conn:
         row = conn.execute("SELECT to_regclass('public.outbox_leader_migrations')").fetchone()
     assert row == (None,)
+
+
+def _relations(url: str, schema: str) -> list[tuple[str]]:
+    with psycopg.connect(url) as conn:
+        return conn.execute(
+            "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = %s ORDER BY 1",
+            (schema,),
+        ).fetchall()
+
+
+def test_an_inbox_whose_name_is_taken_is_one_line_and_leaves_nothing(database_url: str) -> None:
+    # The inbox's parked records go to <table>_parked: an inbox named inbox_parked
+    # collides with the default inbox's. Before, inbox_parked_migrations stayed behind.
+    assert [m.version for m in inbox_migrate.apply(database_url)] == [1]
+    before = _relations(database_url, "public")
+    result = run_cli("inbox", "migrate", "--database-url", database_url, "--table", "inbox_parked")
+    assert result.returncode == 1, result.stdout
+    assert _relations(database_url, "public") == before
+    assert result.stderr.strip().splitlines() == [
+        (
+            'outbox-relay: error: inbox migration failed: relation "inbox_parked" already exists, '
+            "and not as this inbox's (its version table does not record it): choose another "
+            "--table or --schema, or rename what holds the name"
+        )
+    ]
+    assert inbox_migrate.apply(database_url) == []  # the second apply of the real one: nothing
