@@ -55,6 +55,7 @@ LISTEN_RETRY_S: Final = 1.0
 MAX_EXCLUDED_IN_FLIGHT: Final = 1000
 
 _Row = Row
+_fromisoformat: Final = dt.datetime.fromisoformat
 
 
 #: Session settings of the fetching connection. The fetch must walk the partial index of
@@ -68,6 +69,8 @@ FETCH_SESSION: Final = (
     sql.SQL("SET enable_bitmapscan = off"),
     sql.SQL("SET enable_seqscan = off"),
     sql.SQL("SET enable_sort = off"),
+    # created_at is read as text and converted by `datetime.fromisoformat`.
+    sql.SQL("SET datestyle = 'ISO'"),
 )
 
 
@@ -95,7 +98,7 @@ def _event_from_row(row: _Row, topic_template: str) -> OutboxEvent:
         headers_text,
         event_type,
         aggregate_type,
-        created_at,
+        created_at_text,
         attempts,
     ) = row
     if payload_text is not None:
@@ -104,7 +107,7 @@ def _event_from_row(row: _Row, topic_template: str) -> OutboxEvent:
         value = bytes(payload_bytes)
     else:
         value = None
-    row_headers = decisions.parse_json_object(headers_text) if headers_text != "{}" else None
+    row_headers = decisions.row_headers(headers_text) if headers_text != "{}" else None
     return decisions.new_event(
         id_,
         event_id,
@@ -112,7 +115,7 @@ def _event_from_row(row: _Row, topic_template: str) -> OutboxEvent:
         key,
         value,
         decisions.kafka_headers(event_id, event_type, aggregate_type, row_headers),
-        created_at,
+        _fromisoformat(created_at_text),
         attempts,
         0,
     )

@@ -82,12 +82,11 @@ from relay.decisions import (
     EVENT_SLOTS,
     compact_json,
     compact_json_bytes,
-    header_value,
     id_array,
     kafka_headers,
     new_event,
-    parse_json_object,
     route_topic,
+    row_headers,
     valid_topic,
 )
 from relay.errors import DatabaseError, RelayError, first_line
@@ -419,9 +418,9 @@ def event_from_row(
         headers.append(("aggregate_type", raw))
     raw = row[p_headers]
     if raw is not None and raw != b"{}":
-        for name, value in parse_json_object(raw.decode()).items():
-            if name != "event_id" and value is not None:
-                headers.append((name, header_value(value)))
+        for name, value in row_headers(raw.decode()).items():
+            if name != "event_id":
+                headers.append((name, value))
     raw = row[p_topic]
     topic: str = raw.decode() if raw is not None else ""
     if topic_template:
@@ -1265,7 +1264,7 @@ class WalSource:
             value: bytes | None = compact_json(payload)
         else:
             value = bytes(payload_bytes) if payload_bytes is not None else None
-        own = parse_json_object(headers) if headers and headers != "{}" else None
+        own = row_headers(headers) if headers and headers != "{}" else None
         return new_event(
             id_,
             event_id,
