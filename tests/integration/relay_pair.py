@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import re
 import time
 import uuid
 from collections.abc import Iterator
@@ -34,6 +35,27 @@ from tests.support import Consumed
 #: The two tables, by mode.
 TABLES = {Mode.POLL: "outbox", Mode.WAL: "outbox_wal"}
 WAIT_S = 30.0
+
+
+#: One JSON token: a string (with its escapes), a number, a literal or a punctuation mark.
+_TOKEN = re.compile(
+    r'"(?:[^"\\]|\\.)*"|-?[0-9]+(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?|true|false|null|[{}\[\],:]'
+    r"|(?P<space>\s+)",
+    re.DOTALL,
+)
+
+
+def tokens(text: str) -> list[str]:
+    """`text`'s JSON tokens, whitespace between them left out; fails on anything else."""
+    found: list[str] = []
+    position = 0
+    while position < len(text):
+        match = _TOKEN.match(text, position)
+        assert match is not None, f"not a JSON token at {position}: {text[position:][:40]!r}"
+        if match.group("space") is None:
+            found.append(match.group())
+        position = match.end()
+    return found
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -55,6 +77,8 @@ class RelayPair:
         suffix = uuid.uuid4().hex[:8]
         self.topics = {mode: f"pair-{mode.value}-{suffix}" for mode in Mode}
         self._received: dict[tuple[str, str], Consumed] = {}
+        #: Every record's headers in order, duplicates kept (`Consumed` holds a dict).
+        self._headers: dict[tuple[str, str], list[tuple[str, bytes]]] = {}
         self._loop = asyncio.new_event_loop()
         self._bootstrap_servers = settings.bootstrap_servers
         self._consumer: AIOKafkaConsumer | None = None
@@ -103,6 +127,9 @@ class RelayPair:
                     headers={name: bytes(value) for name, value in message.headers},
                 )
                 self._received[(message.topic, record.event_id)] = record
+                self._headers[(message.topic, record.event_id)] = [
+                    (name, bytes(value)) for name, value in message.headers
+                ]
 
     def write(
         self,
@@ -132,6 +159,10 @@ class RelayPair:
         assert isinstance(outcome, Consumed), f"{row} parked: {outcome}"
         return outcome
 
+    def headers(self, row: Written) -> list[tuple[str, bytes]]:
+        """The headers of `row`'s record (received already), in order."""
+        return self._headers[(row.topic, row.event_id)]
+
     def outcome(self, row: Written, timeout_s: float = WAIT_S) -> Consumed | str:
         """The record of `row`, or the `last_error` it was parked with; waits for either."""
         deadline = time.monotonic() + timeout_s
@@ -152,6 +183,37 @@ class RelayPair:
                     return str(error)
                 assert state in {"pending", "sent"}, (row, state)
                 assert time.monotonic() < deadline, f"{row} still {state} after {timeout_s:.0f} s"
+
+
+def expected_headers(database_url: str, written: Written) -> list[tuple[str, bytes]]:
+    """What a row's headers must become, from PostgreSQL alone: a string's text as UTF-8,
+    any other value its jsonb text without whitespace (token for token); nulls left out;
+    after ``event_id`` and the type columns that are not NULL."""
+    with psycopg.connect(database_url) as conn:
+        members = conn.execute(
+            f"SELECT h.key, jsonb_typeof(h.value), h.value #>> '{{}}', h.value::text "
+            f"FROM {TABLES[written.mode]} AS o, jsonb_each(o.headers) AS h WHERE o.id = %s",
+            (written.id,),
+        ).fetchall()
+        types = conn.execute(
+            f"SELECT event_type, aggregate_type FROM {TABLES[written.mode]} WHERE id = %s",
+            (written.id,),
+        ).fetchone()
+    assert types is not None
+    headers = [("event_id", written.event_id.encode())]
+    headers += [
+        (name, value.encode())
+        for name, value in zip(("event_type", "aggregate_type"), types, strict=True)
+        if value is not None
+    ]
+    for name, kind, text, json_text in members:
+        if name == "event_id" or kind == "null":
+            continue
+        if kind == "string":
+            headers.append((name, text.encode()))
+        else:
+            headers.append((name, "".join(tokens(json_text)).encode()))
+    return headers
 
 
 @contextlib.contextmanager
