@@ -53,7 +53,7 @@ async def test_rows_the_poll_fetch_parks_count_in_the_parked_metric(
 
 #: Text as services write it: any character PostgreSQL text holds (not NUL), astral and
 #: control characters included.
-texts = st.text(st.characters(exclude_characters="\x00", exclude_categories=("Cs",)), max_size=40)
+texts = st.text(st.characters(exclude_characters="\x00", exclude_categories=["Cs"]), max_size=40)
 #: Number texts: big and precise decimals, exponents, more digits than Python converts.
 numbers = st.one_of(
     st.from_regex(r"-?(0|[1-9][0-9]{0,30})(\.[0-9]{1,30})?([eE][-+]?[0-9]{1,3})?", fullmatch=True),
