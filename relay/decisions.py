@@ -400,18 +400,6 @@ _COMPACT: Final = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 _DECODER: Final = json.JSONDecoder()
 
 
-def parse_json_object(text: str) -> dict[str, object]:
-    """A JSON object from PostgreSQL's ``jsonb`` output (never padded with whitespace).
-
-    ``JSONDecoder.raw_decode`` skips `json.loads`'s whitespace regexes: this runs once
-    per relayed row that has headers (the outbox CHECKs that they are an object).
-    """
-    value, _ = _DECODER.raw_decode(text)
-    if not isinstance(value, dict):
-        raise TypeError(f"expected a JSON object, got {type(value).__name__}")
-    return value
-
-
 #: Stand-ins for ``\\`` and ``\"`` while `compact_json` splits at quotes: control
 #: characters, which ``jsonb`` output never holds raw (it prints them escaped).
 _RAW_BACKSLASH: Final = "\x00"
@@ -472,30 +460,139 @@ def compact_json_bytes(raw: bytes) -> bytes:
 
 
 def header_value(value: object) -> bytes:
-    """A Kafka header value from a row's ``headers`` JSON: strings as UTF-8, else JSON."""
+    """A Kafka header value: bytes as they are, strings as UTF-8, anything else as JSON.
+
+    The row headers of `row_headers` are bytes already; parsed JSON (a table-less
+    message's envelope) is encoded here.
+    """
+    if isinstance(value, bytes):
+        return value
     if isinstance(value, str):
         return value.encode()
     return _COMPACT.encode(value).encode()
+
+
+_JSON_STRING: Final = r'"[^"\\]*(?:\\.[^"\\]*)*"'
+#: One member of a JSON object, up to the start of its value: the name (group 1), then a
+#: string value (2), a scalar one (3: number, true, false, null) or an opening bracket.
+_MEMBER: Final = re.compile(
+    rf"[ \t\n\r]*({_JSON_STRING})[ \t\n\r]*:[ \t\n\r]*"
+    rf"(?:({_JSON_STRING})|([^ \t\n\r,{{}}\[\]\"]+)|[{{\[])",
+    re.DOTALL,
+)
+#: The start of an object, and its end when it is empty (group 1).
+_OPENING: Final = re.compile(r"[ \t\n\r]*\{[ \t\n\r]*(\})?")
+#: What follows a member: a comma, or the object's closing brace.
+_AFTER_MEMBER: Final = re.compile(r"[ \t\n\r]*([,}])")
+#: Strings and brackets, to find where a nested value ends without parsing it.
+_NESTING: Final = re.compile(rf"{_JSON_STRING}|[{{}}\[\]]", re.DOTALL)
+
+
+def _string_text(token: str) -> str:
+    """The text of a JSON string token (quotes included)."""
+    if "\\" not in token:
+        return token[1:-1]
+    text: str = json.decoder.scanstring(token, 1)[0]  # type: ignore[attr-defined]
+    return text
+
+
+def _nested_end(text: str, start: int) -> int:
+    """Where the array or object opening at `start` ends, by counting its brackets."""
+    depth = 0
+    for match in _NESTING.finditer(text, start):
+        part = match.group()
+        if part in {"{", "["}:
+            depth += 1
+        elif part in {"}", "]"}:
+            depth -= 1
+            if depth == 0:
+                return match.end()
+    raise ValueError("unbalanced brackets in a JSON object")
+
+
+def row_headers(text: str) -> dict[str, bytes]:
+    """A row's headers, from the ``jsonb`` text of its ``headers`` object, byte-exact.
+
+    Each value becomes the bytes of its Kafka header: a JSON string its UTF-8 text,
+    anything else (number, boolean, array, object) ``jsonb``'s text without the
+    insignificant whitespace, tokens unchanged, as `compact_json` does for payloads. A
+    null value is left out. No parse of the values: no nesting or number too large for
+    Python's JSON decoder, and ``1.50`` stays ``1.50``.
+
+    Raises:
+        ValueError: `text` is not a JSON object.
+
+    """
+    # The usual headers (trace context, ids) hold strings only, which the C decoder
+    # reads exactly and faster than the scan below.
+    try:
+        parsed = _DECODER.raw_decode(text)[0]
+    except (ValueError, RecursionError):
+        parsed = None
+    if type(parsed) is dict and all(type(value) is str for value in parsed.values()):
+        return {name: value.encode() for name, value in parsed.items()}
+    return _scan_headers(text)
+
+
+def _member_value(text: str, member: re.Match[str]) -> tuple[bytes | None, int]:
+    """The header bytes of an object member `_MEMBER` matched (None for null), and its end."""
+    string_token, scalar = member.group(2, 3)
+    if string_token is not None:
+        return _string_text(string_token).encode(), member.end()
+    if scalar is not None:
+        return (None if scalar == "null" else scalar.encode()), member.end()
+    start = member.end() - 1
+    end = _nested_end(text, start)
+    return compact_json(text[start:end]), end
+
+
+def _scan_headers(text: str) -> dict[str, bytes]:
+    """`row_headers` by scanning `text`: every value sliced out as ``jsonb`` printed it."""
+    headers: dict[str, bytes] = {}
+    opening = _OPENING.match(text)
+    if opening is None:
+        raise ValueError("expected a JSON object")
+    if opening.group(1):
+        if text[opening.end() :].strip(" \t\n\r"):
+            raise ValueError("text after a JSON object")
+        return headers
+    pos = opening.end()
+    while True:
+        member = _MEMBER.match(text, pos)
+        if member is None:
+            raise ValueError(f"not a JSON object member at {pos}")
+        value, end = _member_value(text, member)
+        if value is not None:
+            headers[_string_text(member.group(1))] = value
+        after = _AFTER_MEMBER.match(text, end)
+        if after is None:
+            raise ValueError(f"expected ',' or '}}' at {end} in a JSON object")
+        if after.group(1) == "}":
+            if text[after.end() :].strip(" \t\n\r"):
+                raise ValueError("text after a JSON object")
+            return headers
+        pos = after.end()
 
 
 def kafka_headers(
     event_id: str,
     event_type: str | None,
     aggregate_type: str | None,
-    row_headers: Mapping[str, object] | None,
+    own: Mapping[str, object] | None,
 ) -> tuple[tuple[str, bytes], ...]:
     """The headers of a record: ``event_id``, the type fields when present, the row's own.
 
-    The row's headers (e.g. ``traceparent``) pass unchanged; they cannot override the
-    relay's ``event_id``, which consumers use to drop duplicates.
+    The row's `own` headers (e.g. ``traceparent``; `row_headers` of its ``headers``)
+    pass unchanged; they cannot override the relay's ``event_id``, which consumers use
+    to drop duplicates.
     """
     headers = [("event_id", event_id.encode())]
     if event_type is not None:
         headers.append(("event_type", event_type.encode()))
     if aggregate_type is not None:
         headers.append(("aggregate_type", aggregate_type.encode()))
-    if row_headers:
-        for name, value in row_headers.items():
+    if own:
+        for name, value in own.items():
             if name != "event_id" and value is not None:
                 headers.append((name, header_value(value)))
     return tuple(headers)

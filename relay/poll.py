@@ -43,6 +43,7 @@ from relay.config import OnSent, PoisonPolicy, Settings
 from relay.connection import Connection, Row, connect
 from relay.errors import DatabaseError, MigrationError, first_line
 from relay.events import Acknowledgement, OutboxEvent
+from relay.metrics import Metrics
 from relay.source import Backlog
 
 log = structlog.get_logger("relay.poll")
@@ -54,6 +55,7 @@ LISTEN_RETRY_S: Final = 1.0
 MAX_EXCLUDED_IN_FLIGHT: Final = 1000
 
 _Row = Row
+_fromisoformat: Final = dt.datetime.fromisoformat
 
 
 #: Session settings of the fetching connection. The fetch must walk the partial index of
@@ -67,6 +69,8 @@ FETCH_SESSION: Final = (
     sql.SQL("SET enable_bitmapscan = off"),
     sql.SQL("SET enable_seqscan = off"),
     sql.SQL("SET enable_sort = off"),
+    # created_at is read as text and converted by `datetime.fromisoformat`.
+    sql.SQL("SET datestyle = 'ISO'"),
 )
 
 
@@ -94,7 +98,7 @@ def _event_from_row(row: _Row, topic_template: str) -> OutboxEvent:
         headers_text,
         event_type,
         aggregate_type,
-        created_at,
+        created_at_text,
         attempts,
     ) = row
     if payload_text is not None:
@@ -103,7 +107,7 @@ def _event_from_row(row: _Row, topic_template: str) -> OutboxEvent:
         value = bytes(payload_bytes)
     else:
         value = None
-    row_headers = decisions.parse_json_object(headers_text) if headers_text != "{}" else None
+    row_headers = decisions.row_headers(headers_text) if headers_text != "{}" else None
     return decisions.new_event(
         id_,
         event_id,
@@ -111,7 +115,7 @@ def _event_from_row(row: _Row, topic_template: str) -> OutboxEvent:
         key,
         value,
         decisions.kafka_headers(event_id, event_type, aggregate_type, row_headers),
-        created_at,
+        _fromisoformat(created_at_text),
         attempts,
         0,
     )
@@ -120,8 +124,10 @@ def _event_from_row(row: _Row, topic_template: str) -> OutboxEvent:
 class PollSource:
     """`Source` over the outbox table; see the module docstring for how it scans."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, metrics: Metrics | None = None) -> None:
         self._settings = settings
+        #: Where rows parked by the fetch itself are counted (the loop counts the rest).
+        self._metrics = metrics
         names = relay_sql.identifiers(settings.schema, settings.table)
         channel = relay_sql.notify_channel(settings.schema, settings.table)
         names["channel_name"] = sql.Identifier(channel)
@@ -224,7 +230,12 @@ class PollSource:
             template = self._settings.topic_template
             converted = [event_from_row(row, template) for row in rows if row[2] is not None]
             if any(isinstance(item, decisions.Unreadable) for item in converted):
-                events = await self._park_unreadable(converted)
+                topics = {
+                    row[2]: decisions.route_topic(template, row[4], row[9], row[10])
+                    for row in rows
+                    if row[2] is not None
+                }
+                events = await self._park_unreadable(converted, topics)
                 # Parking changed the parked rows' signature: scan again, so the fetch
                 # leaves out the later events of the parked rows' keys.
                 self._cursor = None
@@ -239,9 +250,12 @@ class PollSource:
             return events
 
     async def _park_unreadable(
-        self, converted: list[OutboxEvent | decisions.Unreadable]
+        self, converted: list[OutboxEvent | decisions.Unreadable], topics: dict[int, str]
     ) -> list[OutboxEvent]:
         """Park the rows that cannot become records; the events to publish of the rest.
+
+        Each parked row counts in ``outbox_relay_events_parked`` under its topic (by row
+        id in `topics`), like an event the loop parks after failed attempts.
 
         With ``--poison park``, the later events of a parked row's key stay pending (the
         next scan leaves them out, behind the parked row), like behind any parked event.
@@ -262,6 +276,8 @@ class PollSource:
                         "park": True,
                     },
                 )
+                if self._metrics is not None:
+                    self._metrics.events_parked.labels(topic=topics[item.id]).inc()
                 if self._park and item.key is not None:
                     held.add(item.key)
             elif item.key is None or item.key not in held:

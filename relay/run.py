@@ -75,7 +75,7 @@ def make_source(settings: Settings, metrics: Metrics) -> Source:
             raise ConfigError("invalid mode: wal mode is not available in this build") from None
         source: Source = WalSource(settings, metrics=metrics)
         return source
-    return PollSource(settings)
+    return PollSource(settings, metrics=metrics)
 
 
 def loop_config(settings: Settings) -> LoopConfig:

@@ -6,6 +6,8 @@
 SELECT 1 FROM {outbox} LIMIT 0;
 
 -- name: fetch_park
+-- created_at comes as text, converted row by row (relay/poll.py): a value Python has no
+-- datetime for ('infinity', a year past 9999) parks that row instead of failing the fetch.
 -- The next pending events after %(after)s, in id order, except the %(in_flight)s ones
 -- (fetched, not yet acknowledged: a new scan may start while a few are being marked),
 -- and without the events whose key has
@@ -18,7 +20,7 @@ SELECT
     (SELECT count(*) FROM {outbox} WHERE state = 'parked') AS parked_count,
     (SELECT coalesce(sum(id), 0) FROM {outbox} WHERE state = 'parked') AS parked_sum,
     e.id, e.event_id::text, e.topic, e.key, e.payload::text, e.payload_bytes,
-    e.headers::text, e.event_type, e.aggregate_type, e.created_at, e.attempts
+    e.headers::text, e.event_type, e.aggregate_type, e.created_at::text, e.attempts
 FROM {outbox} AS e
 WHERE e.state = 'pending'
     AND e.id > %(after)s::bigint
@@ -34,7 +36,7 @@ LIMIT %(limit)s;
 -- The next pending events after %(after)s, in id order; parked events block nothing.
 SELECT 0::bigint AS parked_count, 0::numeric AS parked_sum,
     e.id, e.event_id::text, e.topic, e.key, e.payload::text, e.payload_bytes,
-    e.headers::text, e.event_type, e.aggregate_type, e.created_at, e.attempts
+    e.headers::text, e.event_type, e.aggregate_type, e.created_at::text, e.attempts
 FROM {outbox} AS e
 WHERE e.state = 'pending' AND e.id > %(after)s::bigint
     AND e.id <> ALL(%(in_flight)s::bigint[])
@@ -61,8 +63,11 @@ WHERE id = %(id)s::bigint AND state = 'pending';
 SELECT
     (SELECT count(*) FROM {outbox} WHERE state = 'pending') AS pending_events,
     (SELECT count(*) FROM {outbox} WHERE state = 'parked') AS parked_events,
-    (SELECT created_at FROM {outbox} WHERE state = 'pending' ORDER BY id LIMIT 1)
-        AS oldest_unsent_at;
+    -- Only a created_at Python has a datetime for (not 'infinity', a year past 9999):
+    -- such a row is parked by the fetch, and must not fail this query meanwhile.
+    (SELECT created_at FROM {outbox} WHERE state = 'pending'
+        AND created_at BETWEEN '0001-01-02 00:00:00+00' AND '9999-12-30 00:00:00+00'
+        ORDER BY id LIMIT 1) AS oldest_unsent_at;
 
 -- name: listen
 LISTEN {channel_name};

@@ -23,7 +23,6 @@ from relay.wal._source import (
     decode_envelope,
     event_from_row,
     message_event_id,
-    read_insert_columns,
 )
 
 __all__ = [
@@ -46,5 +45,4 @@ __all__ = [
     "event_from_row",
     "message_event_id",
     "parked_copy",
-    "read_insert_columns",
 ]

@@ -65,7 +65,6 @@ import dataclasses
 import datetime as dt
 import json
 import operator
-import struct
 import time
 import uuid
 from collections.abc import Iterable, Sequence
@@ -82,17 +81,28 @@ from relay.decisions import (
     EVENT_SLOTS,
     compact_json,
     compact_json_bytes,
-    header_value,
     id_array,
     kafka_headers,
     new_event,
-    parse_json_object,
     route_topic,
+    row_headers,
     valid_topic,
 )
 from relay.errors import DatabaseError, RelayError, first_line
 from relay.events import Acknowledgement, FailedEvent, OutboxEvent
 from relay.metrics import Metrics
+from relay.pgoutput import BEGIN_BODY as _BEGIN_BODY
+from relay.pgoutput import BEGIN_TAG as _BEGIN
+from relay.pgoutput import COMMIT_BODY as _COMMIT_BODY
+from relay.pgoutput import COMMIT_TAG as _COMMIT
+from relay.pgoutput import INSERT_TAG as _INSERT
+from relay.pgoutput import KEEPALIVE_TAG as _KEEPALIVE
+from relay.pgoutput import MESSAGE_TAG as _MESSAGE
+from relay.pgoutput import RELATION_ID as _RELATION_ID
+from relay.pgoutput import RELATION_TAG as _RELATION
+from relay.pgoutput import TRUNCATE_TAG as _TRUNCATE
+from relay.pgoutput import XLOGDATA_HEADER_SIZE as _HEADER_SIZE
+from relay.pgoutput import XLOGDATA_TAG as _XLOGDATA
 from relay.pgoutput import (
     LogicalMessage,
     PgOutputError,
@@ -103,7 +113,9 @@ from relay.pgoutput import (
     format_lsn,
     parse_lsn,
     pg_timestamp_to_datetime,
+    read_insert_columns,
 )
+from relay.pgoutput import bytea_from_text as _bytea
 from relay.replication import ReplicationConnection, ReplicationError
 from relay.slot import (
     SlotStatus,
@@ -125,19 +137,6 @@ MESSAGE_EVENT_ID_NAMESPACE: Final = uuid.UUID("5b0e6f3e-2f43-4a4e-9c61-0c7c2a1f0
 HEARTBEAT_PREFIX: Final = "outbox-relay-heartbeat"
 #: Topic under which an unreadable table-less message is parked (it named none).
 INVALID_MESSAGE_TOPIC: Final = "outbox-relay.invalid-messages"
-
-_XLOGDATA: Final = ord("w")
-_KEEPALIVE: Final = ord("k")
-_HEADER_SIZE: Final = 25  # tag, dataStart, walEnd, sendTime
-_BEGIN: Final = ord("B")
-_COMMIT: Final = ord("C")
-_INSERT: Final = ord("I")
-_RELATION: Final = ord("R")
-_MESSAGE: Final = ord("M")
-_TRUNCATE: Final = ord("T")
-_BEGIN_BODY: Final = struct.Struct(">QqI")
-_COMMIT_BODY: Final = struct.Struct(">BQQq")
-_RELATION_ID: Final = struct.Struct(">I")
 
 #: The outbox columns the stream reads, by name.
 OUTBOX_COLUMNS: Final = (
@@ -295,61 +294,6 @@ def decode_envelope(
     )
 
 
-def _bytea(value: object) -> bytes | None:
-    if not isinstance(value, bytes):
-        return None
-    if not value.startswith(b"\\x"):
-        raise PgOutputError("bytea is not in hex format; set bytea_output = 'hex'")
-    return bytes.fromhex(value[2:].decode("ascii"))
-
-
-_INSERT_HEAD: Final = struct.Struct(">IBH")  # relation id, 'N', number of columns
-_INSERT_COLUMNS_AT: Final = _HEADER_SIZE + 1 + _INSERT_HEAD.size
-_NEW_TUPLE: Final = ord("N")
-_TEXT_VALUE: Final = ord("t")
-_NULL_VALUE: Final = ord("n")
-_LENGTH: Final = struct.Struct(">I")
-
-
-def read_insert_columns(frame: bytes, count: int) -> list[bytes | None]:
-    """The first `count` column values of an XLogData frame holding a pgoutput Insert.
-
-    The outbox's hot path: the columns the relay does not read come last in the table
-    (sent_at, last_error, ...), so they are not even sliced. Inserts carry text values
-    or NULLs only (no unchanged-TOAST marker; binary values need an option we do not set).
-
-    Raises:
-        PgOutputError: the frame is not an insert of a new tuple, or is truncated.
-
-    """
-    try:
-        _relation_id, marker, ncols = _INSERT_HEAD.unpack_from(frame, _HEADER_SIZE + 1)
-        if marker != _NEW_TUPLE:
-            raise PgOutputError(f"expected 'N' in pgoutput insert, got {marker:#04x}")
-        values: list[bytes | None] = []
-        append = values.append
-        unpack_length = _LENGTH.unpack_from
-        pos = _INSERT_COLUMNS_AT
-        for _ in range(min(count, ncols)):
-            kind = frame[pos]
-            if kind == _TEXT_VALUE:
-                end = pos + 5 + unpack_length(frame, pos + 1)[0]
-                append(frame[pos + 5 : end])
-                pos = end
-            elif kind == _NULL_VALUE:
-                append(None)
-                pos += 1
-            else:
-                raise PgOutputError(f"unexpected column kind {kind:#04x} in an outbox insert")
-    except (struct.error, IndexError):
-        raise PgOutputError("truncated pgoutput insert") from None
-    if pos > len(frame):
-        raise PgOutputError("truncated pgoutput insert")
-    if len(values) < count:
-        values.extend([None] * (count - len(values)))
-    return values
-
-
 @dataclasses.dataclass(frozen=True, slots=True)
 class OutboxShape:
     """Where the columns the relay reads sit in the outbox relation's rows."""
@@ -419,9 +363,9 @@ def event_from_row(
         headers.append(("aggregate_type", raw))
     raw = row[p_headers]
     if raw is not None and raw != b"{}":
-        for name, value in parse_json_object(raw.decode()).items():
-            if name != "event_id" and value is not None:
-                headers.append((name, header_value(value)))
+        for name, value in row_headers(raw.decode()).items():
+            if name != "event_id":
+                headers.append((name, value))
     raw = row[p_topic]
     topic: str = raw.decode() if raw is not None else ""
     if topic_template:
@@ -1265,7 +1209,7 @@ class WalSource:
             value: bytes | None = compact_json(payload)
         else:
             value = bytes(payload_bytes) if payload_bytes is not None else None
-        own = parse_json_object(headers) if headers and headers != "{}" else None
+        own = row_headers(headers) if headers and headers != "{}" else None
         return new_event(
             id_,
             event_id,

@@ -3,37 +3,20 @@
 from __future__ import annotations
 
 import json
-import re
+from collections.abc import Iterator
 
 import psycopg
-from hypothesis import HealthCheck, given
+import pytest
+from hypothesis import HealthCheck, example, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
 from relay import decisions
+from relay._embedded import EmbeddedBroker, EmbeddedPostgres
 from relay.config import Settings
 from tests.integration.poll_stack import all_sent, async_wait_until, relay_in_process
+from tests.integration.relay_pair import RelayPair, expected_headers, relay_pair, tokens
 from tests.support import consume
-
-#: One JSON token: a string (with its escapes), a number, a literal or a punctuation mark.
-_TOKEN = re.compile(
-    r'"(?:[^"\\]|\\.)*"|-?[0-9]+(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?|true|false|null|[{}\[\],:]'
-    r"|(?P<space>\s+)",
-    re.DOTALL,
-)
-
-
-def tokens(text: str) -> list[str]:
-    """`text`'s JSON tokens, whitespace between them left out; fails on anything else."""
-    found: list[str] = []
-    position = 0
-    while position < len(text):
-        match = _TOKEN.match(text, position)
-        assert match is not None, f"not a JSON token at {position}: {text[position:][:40]!r}"
-        if match.group("space") is None:
-            found.append(match.group())
-        position = match.end()
-    return found
 
 
 def _number(sign: str, whole: str, fraction: str, exponent: str) -> str:
@@ -122,3 +105,42 @@ async def test_poll_mode_relays_numbers_and_escapes_byte_exact(
         b'{"big":12345678901234567890.123456789,"note":"a\\"b","amount":42.50}'
     ]
     assert records[0].value == "".join(tokens(row[0])).encode()
+
+
+# --- Both modes, through real relays ---------------------------------------------------
+
+#: Header names: any text jsonb stores, controls included, but not the relay's own.
+header_names = texts.filter(lambda name: name != "event_id")
+#: A headers object as a service writes it: strings mostly, and any other JSON value.
+header_objects = st.lists(
+    st.tuples(header_names.map(json.dumps), st.one_of(strings, json_texts)),
+    max_size=6,
+    unique_by=lambda member: member[0],
+).map(lambda members: "{" + ", ".join(f"{name}: {value}" for name, value in members) + "}")
+
+
+@pytest.fixture(scope="module")
+def pair(
+    postgres: EmbeddedPostgres, broker: EmbeddedBroker, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RelayPair]:
+    with relay_pair(postgres, broker, tmp_path_factory.mktemp("pair")) as running:
+        yield running
+
+
+@hypothesis_settings(max_examples=30, deadline=None)
+@example(
+    payload='{"amount": 42.50, "big": 12345678901234567890.123456789, "e": 1E+2, "q": "a\\"b"}',
+    headers='{"amount": 42.50, "note": "a\\"b\\u00e9", "tags": [1.0, {"x": 0.1000}], "n": null}',
+)
+@given(payload=json_texts, headers=header_objects)
+def test_both_modes_relay_jsonb_text_token_for_token_and_headers_byte_exact(
+    pair: RelayPair, payload: str, headers: str
+) -> None:
+    written = pair.write("SELECT %s, 'k', %s::jsonb, NULL::bytea, %s::jsonb", payload, headers)
+    with psycopg.connect(pair.database_url) as conn:
+        [(jsonb_text,)] = conn.execute("SELECT %s::jsonb::text", (payload,)).fetchall()
+    for row in written:
+        record = pair.record(row)
+        assert record.value == "".join(tokens(jsonb_text)).encode(), row.mode
+        assert tokens(record.value.decode()) == tokens(jsonb_text)
+        assert pair.headers(row) == expected_headers(pair.database_url, row), row.mode

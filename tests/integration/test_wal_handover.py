@@ -235,26 +235,31 @@ async def test_mixed_case_schema_table_and_slot_names_work(settings: Settings, t
 async def test_a_row_the_relay_cannot_read_is_parked_and_holds_its_key(
     settings: Settings, topic: str
 ) -> None:
-    """A row whose conversion raises (JSON deeper than Python parses) used to fail the
-    stream on every reconnect; it is parked with the reason, its key's later rows wait."""
+    """A row whose conversion raises (a creation time Python has no datetime for; JSON
+    deeper than Python parses used to be one) used to fail the stream on every reconnect;
+    it is parked with the reason, its key's later rows wait."""
     settings = wal_settings(settings)
-    deep = '{"a":' * 3000 + "1" + "}" * 3000
     async with running_relay(settings, batch_size=10):
         with psycopg.connect(settings.database_url) as conn:
-            for n, (key, headers) in enumerate(
-                [("a", "{}"), ("a", deep), ("a", "{}"), ("b", "{}")]
+            for n, (key, created_at) in enumerate(
+                [("a", "now"), ("a", "infinity"), ("a", "now"), ("b", "now")]
             ):
                 conn.execute(
-                    "INSERT INTO outbox (topic, key, payload, headers) VALUES (%s, %s, %s, %s)",
-                    (topic, key, json.dumps({"n": n}), headers),
+                    "INSERT INTO outbox (topic, key, payload, created_at) "
+                    "VALUES (%s, %s, %s, %s::timestamptz)",
+                    (topic, key, json.dumps({"n": n}), created_at),
                 )
                 conn.commit()
+                if n == 0:
+                    # Known limit (reported): an event of the key queued before the
+                    # parked row is held with the later ones until a release.
+                    await wait_until(lambda: states(settings.database_url) == {"sent": 1})
         await wait_until(
             lambda: states(settings.database_url) == {"sent": 2, "parked": 1, "pending": 1}
         )
     with psycopg.connect(settings.database_url) as conn:
         row = conn.execute("SELECT last_error FROM outbox WHERE state = 'parked'").fetchone()
     assert row is not None
-    assert "RecursionError" in row[0]
+    assert "'infinity'" in row[0]
     records = await consume(settings.bootstrap_servers, [topic], expected=2, idle_s=1)
     assert_delivered(records, outbox_rows(settings.database_url, where="state = 'sent'"))

@@ -259,22 +259,48 @@ def test_lock_ids_are_stable_signed_64_bit_and_distinct_per_outbox() -> None:
     assert first != decisions.lock_id_for("events", "outbox")
 
 
-def test_parse_json_object_reads_jsonb_output_and_refuses_non_objects() -> None:
-    assert decisions.parse_json_object('{"traceparent": "00-a", "n": 1}') == {
-        "traceparent": "00-a",
-        "n": 1,
+def test_row_headers_are_the_jsonb_values_byte_for_byte() -> None:
+    text = (
+        '{"n": 42.50, "s": "a\\"b\\u00e9\\n", "t": true, "z": null, "big": 1e+400, '
+        '"o": {"k": [1.0, "}]", {"x": -0.0}]}, "u": "\U0001f600"}'
+    )
+    assert decisions.row_headers(text) == {
+        "n": b"42.50",
+        "s": 'a"b\u00e9\n'.encode(),
+        "t": b"true",
+        "big": b"1e+400",
+        "o": b'{"k":[1.0,"}]",{"x":-0.0}]}',
+        "u": "\U0001f600".encode(),
     }
-    with pytest.raises(TypeError):
-        decisions.parse_json_object("[1, 2]")
+    assert decisions.row_headers('{"traceparent": "00-a"}') == {"traceparent": b"00-a"}
+    assert decisions.row_headers("{}") == {}
 
 
-@pytest.mark.parametrize(
-    "headers", ['{"h": ' * 1500 + "1" + "}" * 1500, '{"n": ' + "7" * 5000 + ', "q": "\\""}']
-)
-def test_a_row_whose_headers_python_cannot_decode_becomes_a_reason_not_an_error(
-    headers: str,
-) -> None:
-    row = (0, 0, 41, "e-41", "orders", "k", '{"a": 1}', None, headers, None, None, None, 2)
+@pytest.mark.parametrize("text", ["[1, 2]", '"x"', '{"a": 1', '{"a" 1}', '{"a": 1} x', ""])
+def test_row_headers_refuse_what_is_not_a_json_object(text: str) -> None:
+    with pytest.raises(ValueError, match="JSON object"):
+        decisions.row_headers(text)
+
+
+def test_headers_python_cannot_decode_are_relayed_exactly() -> None:
+    deep = '{"h": ' * 1500 + "1" + "}" * 1500
+    huge = '{"n": ' + "7" * 5000 + ', "q": "\\""}'
+    for headers, name, value in [
+        (deep, "h", deep[6:-1].replace(" ", "").encode()),
+        (huge, "n", b"7" * 5000),
+    ]:
+        row = (0, 0, 41, "e-41", "orders", "k", '{"a": 1}', None, headers, None, None, CREATED, 2)
+        event = poll.event_from_row(row, "")
+        assert isinstance(event, OutboxEvent)
+        assert dict(event.headers)[name] == value
+
+
+CREATED = "2026-01-02 03:04:05.123456+00"
+
+
+@pytest.mark.parametrize("created_at", ["infinity", "-infinity", "12026-01-02 03:04:05+00"])
+def test_a_row_python_has_no_datetime_for_becomes_a_reason_not_an_error(created_at: str) -> None:
+    row = (0, 0, 41, "e-41", "orders", "k", '{"a": 1}', None, "{}", None, None, created_at, 2)
     item = poll.event_from_row(row, "")
     assert isinstance(item, decisions.Unreadable)
     assert (item.id, item.key, item.attempts) == (41, "k", 2)
@@ -345,3 +371,10 @@ TestRefusedTopics.settings = settings(max_examples=100, stateful_step_count=30, 
 @pytest.mark.parametrize("code", [0, 5, 7])
 def test_codes_that_do_not_refuse_a_topic_leave_it_to_the_producer(code: int) -> None:
     assert decisions.refused_topic("t", code, "E", auto_create=True) is None
+
+
+def test_a_poll_row_created_at_is_read_from_its_text() -> None:
+    row = (0, 0, 41, "e-41", "orders", "k", '{"a": 1}', None, "{}", None, None, CREATED, 2)
+    event = poll.event_from_row(row, "")
+    assert isinstance(event, OutboxEvent)
+    assert event.created_at == dt.datetime(2026, 1, 2, 3, 4, 5, 123456, tzinfo=dt.UTC)
