@@ -27,13 +27,15 @@ import json
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any, Final
+from typing import Any, Final, Self
 
 import psycopg
 import psycopg.errors
 import psycopg.types.json
 from psycopg import sql
+from psycopg.abc import Buffer
 from psycopg.rows import DictRow, dict_row
+from psycopg.types.datetime import TimestamptzLoader
 
 from relay import decisions, migrate
 from relay import sql as relay_sql
@@ -200,6 +202,63 @@ def displayable_json(text: str | bytes) -> object:
     return value
 
 
+class OutOfRangeTime(dt.datetime):
+    """A ``timestamptz`` Python cannot hold (``infinity``, ``-infinity``, year 10000 on).
+
+    It compares as the latest (or earliest) moment Python has, so sorting and ages
+    still work, and prints as PostgreSQL's own text.
+    """
+
+    text: str
+
+    def __new__(cls, text: str) -> Self:  # noqa: D102 - documented on the class
+        past = text.startswith("-") or text.endswith(" BC")
+        edge = (
+            dt.datetime.min.replace(tzinfo=dt.UTC)
+            if past
+            else dt.datetime.max.replace(tzinfo=dt.UTC)
+        )
+        moment = super().__new__(
+            cls,
+            edge.year,
+            edge.month,
+            edge.day,
+            edge.hour,
+            edge.minute,
+            edge.second,
+            edge.microsecond,
+            tzinfo=dt.UTC,
+        )
+        moment.text = text
+        return moment
+
+    def isoformat(self, sep: str = "T", timespec: str = "auto") -> str:  # noqa: ARG002
+        """PostgreSQL's text of the value."""
+        return self.text
+
+
+def time_text(moment: dt.datetime, fmt: str | None = None) -> str:
+    """A time as the operator reads it: ISO 8601, or `fmt` in UTC.
+
+    A value Python cannot hold prints as PostgreSQL's text.
+    """
+    if isinstance(moment, OutOfRangeTime):
+        return moment.text
+    if fmt is None:
+        return moment.isoformat()
+    return moment.astimezone(dt.UTC).strftime(fmt)
+
+
+class _TimeLoader(TimestamptzLoader):
+    """timestamptz for operator commands: any value loads, none fails the command."""
+
+    def load(self, data: Buffer) -> dt.datetime:
+        try:
+            return super().load(data)
+        except psycopg.DataError:
+            return OutOfRangeTime(bytes(data).decode())
+
+
 @contextlib.contextmanager
 def connect(settings: Settings) -> Iterator[Connection]:
     """An autocommit connection for operator commands; psycopg errors become ours."""
@@ -219,6 +278,7 @@ def connect(settings: Settings) -> Iterator[Connection]:
     except psycopg.OperationalError as exc:
         raise DatabaseError(f"cannot connect to the database: {first_line(exc)}") from None
     psycopg.types.json.set_json_loads(displayable_json, conn)
+    conn.adapters.register_loader("timestamptz", _TimeLoader)
     try:
         with conn:
             conn.execute(sql.SQL("SET lock_timeout = {}").format(sql.Literal(LOCK_TIMEOUT)))
