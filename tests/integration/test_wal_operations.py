@@ -1,0 +1,206 @@
+"""WAL mode in operation, under live writes: two relays and a kill -9, lost slots, the
+operator's `retry` and `skip`, PostgreSQL restarts while the relay lags.
+
+Every relay here is ``outbox-relay run`` in a subprocess, as production runs it, and every
+verdict is the order oracle's (tests/oracle.py) against the outbox table. The writer is
+one thread committing one event per transaction, so the rows' id order is their commit
+order (the order the oracle checks) even while it shares keys with the backlog.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import queue
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from relay.config import Settings
+from relay.loop import MAX_PENDING_ACKS
+from tests.integration.poll_stack import (
+    RelayProcess,
+    insert_events,
+    relay_process,
+    states,
+    wait_until,
+)
+from tests.oracle import assert_delivered, outbox_rows
+from tests.support import Consumed, consume
+
+pytestmark = pytest.mark.slow
+
+BATCH_SIZE = 100
+#: What a relay killed (or cut off) may have had published and not yet recorded in the
+#: table: the batch being published and up to `MAX_PENDING_ACKS` being marked
+#: (relay/loop.py). Those, and only those, are published again.
+IN_FLIGHT_BOUND = BATCH_SIZE * (1 + MAX_PENDING_ACKS)
+KEYS = 10
+
+
+def new_slot() -> str:
+    """A slot name no other test uses (slots are cluster-wide)."""
+    return f"s_{uuid.uuid4().hex[:12]}"
+
+
+def wal_args(slot_name: str, *extra: str) -> tuple[str, ...]:
+    """``outbox-relay run`` flags for WAL mode on `slot_name`."""
+    return (
+        "--mode", "wal",
+        "--slot-name", slot_name,
+        "--batch-size", str(BATCH_SIZE),
+        "--heartbeat-interval", "0.5",
+        *extra,
+    )  # fmt: skip
+
+
+class LiveWriter(threading.Thread):
+    """Commits one event per transaction, key ``k<n % KEYS>``, payload ``{"n": n}``.
+
+    Reconnects when the server goes away (a commit cut off may or may not have happened:
+    the table says which). `inject` slips an event of a given key and size in as the next
+    one, in the writer's own order.
+    """
+
+    def __init__(self, url: str, topic: str, first_n: int, pause_s: float = 0.002) -> None:
+        super().__init__(name="live-writer", daemon=True)
+        self.url = url
+        self.topic = topic
+        self.next_n = first_n
+        self.pause_s = pause_s
+        self.written = 0
+        self.halt = threading.Event()
+        self._injected: queue.SimpleQueue[tuple[str, int]] = queue.SimpleQueue()
+
+    def inject(self, key: str, pad_bytes: int) -> None:
+        """Write an event of `key` with `pad_bytes` of padding next."""
+        self._injected.put((key, pad_bytes))
+
+    def run(self) -> None:
+        conn: psycopg.Connection[tuple[object, ...]] | None = None
+        while not self.halt.is_set():
+            n = self.next_n
+            try:
+                key, pad = self._injected.get_nowait()
+            except queue.Empty:
+                key, pad = f"k{n % KEYS}", 0
+            payload: dict[str, object] = {"n": n} | ({"pad": "x" * pad} if pad else {})
+            try:
+                if conn is None:
+                    conn = psycopg.connect(self.url, autocommit=True, connect_timeout=2)
+                conn.execute(
+                    "INSERT INTO outbox (topic, key, payload) VALUES (%s, %s, %s)",
+                    (self.topic, key, json.dumps(payload)),
+                )
+                self.written += 1
+            except psycopg.OperationalError:
+                if conn is not None:
+                    conn.close()
+                conn = None
+                if pad:
+                    self._injected.put((key, pad))
+                time.sleep(0.1)
+            self.next_n += 1
+            time.sleep(self.pause_s)
+        if conn is not None:
+            conn.close()
+
+    def stop(self) -> None:
+        """Stop writing (idempotent)."""
+        self.halt.set()
+        self.join(10)
+
+
+@contextlib.contextmanager
+def live_writer(url: str, topic: str, first_n: int) -> Iterator[LiveWriter]:
+    writer = LiveWriter(url, topic, first_n)
+    writer.start()
+    try:
+        yield writer
+    finally:
+        writer.stop()
+
+
+def sent(url: str) -> int:
+    return states(url).get("sent", 0)
+
+
+def nothing_pending(url: str) -> bool:
+    return "pending" not in states(url)
+
+
+def wait_written(writer: LiveWriter, more: int) -> None:
+    """Let the writer commit `more` events beyond what it has written so far."""
+    target = writer.written + more
+    wait_until(f"{more} more events written", lambda: writer.written >= target, timeout_s=30)
+
+
+def kill_mid_stream(relay: RelayProcess, url: str, at_least_sent: int) -> dict[str, int]:
+    """SIGKILL `relay` once `at_least_sent` rows are sent; the states just before."""
+    wait_until("a part sent", lambda: sent(url) >= at_least_sent)
+    before = states(url)
+    relay.kill()
+    assert before.get("pending", 0) > 0, f"not mid-stream: {before}"
+    return before
+
+
+def records_of(bootstrap_servers: str, topic: str, expected: int) -> list[Consumed]:
+    return asyncio.run(consume(bootstrap_servers, [topic], expected=expected, idle_s=1.5))
+
+
+# -- Two relays, kill -9 ------------------------------------------------------------------
+
+
+def test_two_wal_relays_the_leader_killed_mid_stream_the_standby_takes_over(
+    settings: Settings, topic: str, tmp_path: Path
+) -> None:
+    url = settings.database_url
+    args = wal_args(new_slot())
+    with contextlib.ExitStack() as stack:
+        leader = stack.enter_context(relay_process(settings, tmp_path / "a.log", *args))
+        wait_until("a leader", lambda: leader.logged("streaming the outbox from the WAL"))
+        standby = stack.enter_context(relay_process(settings, tmp_path / "b.log", *args))
+        wait_until("a standby", lambda: standby.logged("standing by: another relay is the leader"))
+        insert_events(url, topic, 6000, keys=KEYS)  # a backlog, then live writes
+        writer = stack.enter_context(live_writer(url, topic, first_n=6000))
+        kill_mid_stream(leader, url, at_least_sent=1500)
+        killed = time.monotonic()
+        wait_until("takeover", lambda: standby.logged("leadership acquired"), timeout_s=30)
+        assert time.monotonic() - killed < 10
+        wait_written(writer, 200)  # live writes go on under the new leader
+        writer.stop()
+        wait_until("everything sent", lambda: nothing_pending(url))
+        assert standby.process.poll() is None
+    expected = outbox_rows(url)
+    records = records_of(settings.bootstrap_servers, topic, len(expected))
+    # The leader was dead before the standby led: the last copies keep order too.
+    assert_delivered(records, expected, max_duplicates=IN_FLIGHT_BOUND)
+    assert len(expected) > 6000 + 200
+
+
+def test_kill_9_under_load_publishes_again_only_what_was_in_flight(
+    settings: Settings, topic: str, tmp_path: Path
+) -> None:
+    """The duplicate bound: batch size x (1 publishing + MAX_PENDING_ACKS marking)."""
+    url = settings.database_url
+    args = wal_args(new_slot())
+    log = tmp_path / "relay.log"
+    with relay_process(settings, log, *args) as first:
+        wait_until("streaming", lambda: first.logged("streaming the outbox from the WAL"))
+        insert_events(url, topic, 6000, keys=KEYS)
+        with live_writer(url, topic, first_n=6000) as writer:
+            kill_mid_stream(first, url, at_least_sent=1500)
+            wait_written(writer, 100)  # written while no relay runs
+            with relay_process(settings, log, *args):
+                wait_written(writer, 200)
+                writer.stop()
+                wait_until("everything sent", lambda: nothing_pending(url))
+    expected = outbox_rows(url)
+    records = records_of(settings.bootstrap_servers, topic, len(expected))
+    assert_delivered(records, expected, max_duplicates=IN_FLIGHT_BOUND)
