@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import queue
+import signal
+import subprocess
 import threading
 import time
 import uuid
@@ -22,8 +25,11 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from relay import migrate
+from relay._embedded import EmbeddedBroker, EmbeddedPostgres
 from relay.config import Settings
 from relay.loop import MAX_PENDING_ACKS
+from relay.slot import slot_status
 from tests.integration.poll_stack import (
     RelayProcess,
     insert_events,
@@ -31,6 +37,7 @@ from tests.integration.poll_stack import (
     states,
     wait_until,
 )
+from tests.integration.test_wal_relay import drop_slot_under_the_relay
 from tests.oracle import assert_delivered, outbox_rows
 from tests.support import Consumed, consume
 
@@ -154,6 +161,12 @@ def records_of(bootstrap_servers: str, topic: str, expected: int) -> list[Consum
     return asyncio.run(consume(bootstrap_servers, [topic], expected=expected, idle_s=1.5))
 
 
+def wait_published(bootstrap_servers: str, topic: str, count: int) -> None:
+    """Wait until `count` records reached `topic` (with --on-sent none the table says nothing)."""
+    got = asyncio.run(consume(bootstrap_servers, [topic], expected=count, idle_s=0, timeout_s=20))
+    assert len(got) >= count
+
+
 # -- Two relays, kill -9 ------------------------------------------------------------------
 
 
@@ -204,3 +217,173 @@ def test_kill_9_under_load_publishes_again_only_what_was_in_flight(
     expected = outbox_rows(url)
     records = records_of(settings.bootstrap_servers, topic, len(expected))
     assert_delivered(records, expected, max_duplicates=IN_FLIGHT_BOUND)
+
+
+# -- Lost slots -----------------------------------------------------------------------------
+
+SLOT_LOST = (
+    "replication slot lost: its WAL was removed; recreating it and publishing pending "
+    "rows from the table"
+)
+SLOT_DISAPPEARED = (
+    "replication slot disappeared; recreating it and publishing pending rows from the table"
+)
+
+
+@pytest.fixture
+def small_wal_cluster() -> Iterator[EmbeddedPostgres]:
+    """A PostgreSQL of the test's own that keeps one WAL segment for a lagging slot."""
+    with EmbeddedPostgres(settings={"max_slot_wal_keep_size": "16MB"}) as cluster:
+        migrate.apply(Settings(database_url=cluster.url))
+        with psycopg.connect(cluster.url, autocommit=True) as conn:
+            conn.execute("CREATE TABLE filler (id bigserial, filler text)")
+        yield cluster
+
+
+@pytest.fixture
+def private_broker(tmp_path: Path) -> Iterator[EmbeddedBroker]:
+    with EmbeddedBroker(log_file=tmp_path / "broker.log") as broker:
+        yield broker
+
+
+def slot_wal_status(url: str, slot_name: str) -> str | None:
+    with psycopg.connect(url) as conn:
+        status = slot_status(conn, slot_name)
+    return status.wal_status if status is not None else None
+
+
+def push_the_slot_past_max_slot_wal_keep_size(url: str) -> None:
+    """Write WAL in another table across a few segments, then checkpoint: the slot's
+    oldest segment goes, and with it the slot (the checkpointer ends its walsender)."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        for _ in range(4):
+            conn.execute("INSERT INTO filler (filler) SELECT repeat('x', 100)")
+            conn.execute("SELECT pg_switch_wal()")
+        conn.execute("CHECKPOINT")
+
+
+def test_a_slot_invalidated_by_max_slot_wal_keep_size_under_live_writes_loses_nothing(
+    settings: Settings,
+    topic: str,
+    tmp_path: Path,
+    small_wal_cluster: EmbeddedPostgres,
+    private_broker: EmbeddedBroker,
+) -> None:
+    """The broker hangs, the slot cannot confirm, the server removes its WAL: the relay
+    says so, recreates the slot and publishes the pending rows from the table."""
+    url = small_wal_cluster.url
+    slot = new_slot()
+    settings = dataclasses.replace(
+        settings, database_url=url, bootstrap_servers=private_broker.bootstrap_servers
+    )
+    args = wal_args(slot, "--kafka-request-timeout-ms", "2000")
+    with (
+        relay_process(settings, tmp_path / "relay.log", *args) as relay,
+        live_writer(url, topic, first_n=0) as writer,
+    ):
+        wait_until("a part sent", lambda: sent(url) >= 300)
+        private_broker.pause()  # a blackhole: connections stay open, nothing answers
+        try:
+            wait_written(writer, 100)
+            push_the_slot_past_max_slot_wal_keep_size(url)
+            wait_until("the slot lost", lambda: slot_wal_status(url, slot) in ("lost", None))
+            wait_written(writer, 100)
+        finally:
+            private_broker.resume()
+        wait_until("the relay notices", lambda: relay.logged(SLOT_LOST), timeout_s=30)
+        wait_written(writer, 200)
+        writer.stop()
+        wait_until("everything sent", lambda: nothing_pending(url))
+        assert slot_wal_status(url, slot) in ("reserved", "extended")
+    expected = outbox_rows(url)
+    records = records_of(private_broker.bootstrap_servers, topic, len(expected))
+    assert_delivered(records, expected)
+
+
+def test_a_slot_dropped_under_live_writes_is_recreated_and_loses_nothing(
+    settings: Settings, topic: str, tmp_path: Path
+) -> None:
+    url = settings.database_url
+    slot = new_slot()
+    with (
+        relay_process(settings, tmp_path / "relay.log", *wal_args(slot)) as relay,
+        live_writer(url, topic, first_n=0) as writer,
+    ):
+        wait_until("a part sent", lambda: sent(url) >= 300)
+        drop_slot_under_the_relay(url, slot)
+        wait_until("the relay notices", lambda: relay.logged(SLOT_DISAPPEARED), timeout_s=30)
+        wait_written(writer, 300)
+        writer.stop()
+        wait_until("everything sent", lambda: nothing_pending(url))
+    expected = outbox_rows(url)
+    records = records_of(settings.bootstrap_servers, topic, len(expected))
+    assert_delivered(records, expected, max_duplicates=IN_FLIGHT_BOUND)
+
+
+def on_sent_none_relay(
+    settings: Settings, log: Path, slot_name: str
+) -> contextlib.AbstractContextManager[RelayProcess]:
+    return relay_process(
+        settings, log, *wal_args(slot_name, "--on-sent", "none", "--poison", "skip")
+    )
+
+
+def assert_stopped_with(relay: RelayProcess, error: str) -> None:
+    """The relay exited 1 with `error` as its one last line, and no traceback."""
+    try:
+        code = relay.process.wait(30)
+    except subprocess.TimeoutExpired:
+        raise AssertionError("the relay kept running after losing its slot") from None
+    output = relay.log.read_text()
+    assert code == 1, output[-2000:]
+    assert output.splitlines()[-1] == f"outbox-relay: error: {error}"
+    assert "Traceback" not in output
+
+
+def test_on_sent_none_stops_the_relay_when_its_slot_is_dropped(
+    settings: Settings, topic: str, tmp_path: Path
+) -> None:
+    """With --on-sent none only the slot knew what was sent: no silent new slot."""
+    url = settings.database_url
+    slot = new_slot()
+    with (
+        on_sent_none_relay(settings, tmp_path / "relay.log", slot) as relay,
+        live_writer(url, topic, first_n=0),
+    ):
+        wait_until("streaming", lambda: relay.logged("streaming the outbox from the WAL"))
+        wait_published(settings.bootstrap_servers, topic, 50)
+        drop_slot_under_the_relay(url, slot)
+        assert_stopped_with(
+            relay,
+            f"replication slot {slot} disappeared and --on-sent none keeps no record of "
+            "what was sent: events may be missing",
+        )
+    assert slot_wal_status(url, slot) is None  # not recreated behind the operator's back
+    assert states(url).keys() == {"pending"}  # and nothing marked
+
+
+def test_on_sent_none_stops_the_relay_when_its_slot_is_invalidated(
+    settings: Settings, topic: str, tmp_path: Path, small_wal_cluster: EmbeddedPostgres
+) -> None:
+    url = small_wal_cluster.url
+    slot = new_slot()
+    settings = dataclasses.replace(settings, database_url=url)
+    with (
+        on_sent_none_relay(settings, tmp_path / "relay.log", slot) as relay,
+        live_writer(url, topic, first_n=0),
+    ):
+        wait_until("streaming", lambda: relay.logged("streaming the outbox from the WAL"))
+        wait_published(settings.bootstrap_servers, topic, 50)
+        relay.process.send_signal(signal.SIGSTOP)  # stuck: the slot cannot confirm
+        try:
+            push_the_slot_past_max_slot_wal_keep_size(url)
+            wait_until("the slot lost", lambda: slot_wal_status(url, slot) == "lost")
+        finally:
+            relay.process.send_signal(signal.SIGCONT)
+        assert_stopped_with(
+            relay,
+            f"replication slot {slot} lost WAL it needed and --on-sent none keeps no record "
+            "of what was sent: events may be missing; drop the slot (outbox-relay slot drop) "
+            "to start over",
+        )
+    assert slot_wal_status(url, slot) == "lost"  # left for the operator to see
