@@ -39,7 +39,7 @@ from tests.integration.poll_stack import (
 )
 from tests.integration.test_wal_relay import drop_slot_under_the_relay
 from tests.oracle import assert_delivered, outbox_rows
-from tests.support import Consumed, consume
+from tests.support import Consumed, consume, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -387,3 +387,59 @@ def test_on_sent_none_stops_the_relay_when_its_slot_is_invalidated(
             "to start over",
         )
     assert slot_wal_status(url, slot) == "lost"  # left for the operator to see
+
+
+# -- The operator's retry and skip ----------------------------------------------------------
+
+
+def key_states(url: str, key: str) -> dict[str, int]:
+    with psycopg.connect(url) as conn:
+        rows = conn.execute(
+            "SELECT state, count(*) FROM outbox WHERE key = %s GROUP BY state", (key,)
+        ).fetchall()
+    return dict(rows)
+
+
+def test_retry_and_skip_through_the_cli_under_live_traffic_keep_every_key_in_order(
+    settings: Settings, topic: str, tmp_path: Path
+) -> None:
+    """Two poison events (over the request size) park their keys while the writer goes
+    on writing those keys and others; the operator fixes one and runs `retry`, then
+    gives up on the other with `skip`, both mid-stream."""
+    url = settings.database_url
+    args = wal_args(new_slot(), "--kafka-max-request-size", "4096", "--park-after-attempts", "1")
+    with (
+        relay_process(settings, tmp_path / "relay.log", *args),
+        live_writer(url, topic, first_n=0) as writer,
+    ):
+        wait_until("a part sent", lambda: sent(url) >= 200)
+        writer.inject("k3", 6000)
+        writer.inject("k7", 6000)
+        wait_until("both parked", lambda: states(url).get("parked") == 2)
+        wait_written(writer, 200)  # k3 and k7 events wait behind them meanwhile
+        assert key_states(url, "k3").get("pending", 0) > 0
+        assert key_states(url, "k5").get("pending", 0) < 10  # other keys flow
+
+        with psycopg.connect(url) as conn:  # the operator makes the event fit
+            conn.execute(
+                "UPDATE outbox SET payload = payload - 'pad' WHERE key = 'k3' AND state = 'parked'"
+            )
+        retry = run_cli("retry", "--database-url", url, "--key", "k3")
+        assert retry.returncode == 0, retry.stderr
+        assert retry.stdout.startswith("released 1 parked events"), retry.stdout
+        # Then, while the relay may be sweeping k3's rows, the other one goes.
+        skip = run_cli("skip", "--database-url", url, "--key", "k7", "--reason", "poison, test")
+        assert skip.returncode == 0, skip.stderr
+        wait_until(
+            "k3 and k7 flow again",
+            lambda: all(key_states(url, k).get("pending", 0) < 10 for k in ("k3", "k7")),
+        )
+        wait_written(writer, 200)
+        writer.stop()
+        wait_until("everything sent", lambda: nothing_pending(url))
+    assert states(url).get("skipped") == 1
+    expected = outbox_rows(url, where="state = 'sent'")
+    assert len(expected) == sum(states(url).values()) - 1
+    records = records_of(settings.bootstrap_servers, topic, len(expected))
+    # No crash, no reconnect: every event exactly once.
+    assert_delivered(records, expected, max_duplicates=0)
