@@ -443,3 +443,45 @@ def test_retry_and_skip_through_the_cli_under_live_traffic_keep_every_key_in_ord
     records = records_of(settings.bootstrap_servers, topic, len(expected))
     # No crash, no reconnect: every event exactly once.
     assert_delivered(records, expected, max_duplicates=0)
+
+
+# -- PostgreSQL restarts while the relay lags -------------------------------------------------
+
+
+@pytest.fixture
+def durable_cluster() -> Iterator[EmbeddedPostgres]:
+    """A PostgreSQL of the test's own with durable commits (a crash keeps what it showed)."""
+    with EmbeddedPostgres(settings={"synchronous_commit": "on"}) as cluster:
+        migrate.apply(Settings(database_url=cluster.url))
+        yield cluster
+
+
+@pytest.mark.parametrize("shutdown", ["fast", "immediate"])
+def test_a_postgres_restart_while_the_relay_lags_under_live_writes(
+    settings: Settings,
+    topic: str,
+    tmp_path: Path,
+    durable_cluster: EmbeddedPostgres,
+    shutdown: str,
+) -> None:
+    """A backlog half published, the writer writing, then ``pg_ctl stop -m <shutdown>``
+    and start: the relay's sessions end, its leadership too, and a fresh source must
+    neither publish again what was marked sent nor put an old copy after a newer one."""
+    url = durable_cluster.url
+    settings = dataclasses.replace(settings, database_url=url)
+    with relay_process(settings, tmp_path / "relay.log", *wal_args(new_slot())) as relay:
+        wait_until("streaming", lambda: relay.logged("streaming the outbox from the WAL"))
+        insert_events(url, topic, 10_000, keys=KEYS)
+        with live_writer(url, topic, first_n=10_000) as writer:
+            wait_until("a part sent", lambda: sent(url) >= 1500)
+            before = states(url)
+            durable_cluster.stop(shutdown)
+            assert before.get("pending", 0) > 0, f"not lagging: {before}"
+            durable_cluster.start()
+            wait_written(writer, 300)
+            writer.stop()
+            wait_until("everything sent", lambda: nothing_pending(url))
+        assert relay.process.poll() is None
+    expected = outbox_rows(url)
+    records = records_of(settings.bootstrap_servers, topic, len(expected))
+    assert_delivered(records, expected, max_duplicates=IN_FLIGHT_BOUND)
