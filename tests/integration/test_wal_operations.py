@@ -21,18 +21,23 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
 
 from relay import migrate
 from relay._embedded import EmbeddedBroker, EmbeddedPostgres
-from relay.config import Settings
+from relay.config import Mode, Settings
 from relay.loop import MAX_PENDING_ACKS
 from relay.slot import slot_status
+from relay.wal import WalSource
+from relay.wal import _source as wal_source
 from tests.integration.poll_stack import (
     RelayProcess,
+    async_wait_until,
     insert_events,
+    relay_in_process,
     relay_process,
     states,
     wait_until,
@@ -400,47 +405,81 @@ def key_states(url: str, key: str) -> dict[str, int]:
     return dict(rows)
 
 
-def test_retry_and_skip_through_the_cli_under_live_traffic_keep_every_key_in_order(
-    settings: Settings, topic: str, tmp_path: Path
+#: How long the release sweep's first read is held up (a busy server): the window in which
+#: the stream goes on queueing the released key's new rows before the hand-over is set.
+SLOW_SWEEP_S = 0.5
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "relay/wal/_source.py _refresh_parked/_sweep: a release un-parks the keys and takes "
+        "the queue's ids as 'outstanding' before the sweep's snapshot and HandOver exist; "
+        "rows of the released key the stream queues in between are also swept, and the "
+        "sweep goes in front of them (extendleft): duplicates and stale last copies"
+    ),
+)
+async def test_retry_and_skip_through_the_cli_under_live_traffic_keep_every_key_in_order(
+    settings: Settings, topic: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Two poison events (over the request size) park their keys while the writer goes
     on writing those keys and others; the operator fixes one and runs `retry`, then
-    gives up on the other with `skip`, both mid-stream."""
-    url = settings.database_url
-    args = wal_args(new_slot(), "--kafka-max-request-size", "4096", "--park-after-attempts", "1")
-    with (
-        relay_process(settings, tmp_path / "relay.log", *args),
-        live_writer(url, topic, first_n=0) as writer,
-    ):
-        wait_until("a part sent", lambda: sent(url) >= 200)
-        writer.inject("k3", 6000)
-        writer.inject("k7", 6000)
-        wait_until("both parked", lambda: states(url).get("parked") == 2)
-        wait_written(writer, 200)  # k3 and k7 events wait behind them meanwhile
-        assert key_states(url, "k3").get("pending", 0) > 0
-        assert key_states(url, "k5").get("pending", 0) < 10  # other keys flow
+    gives up on the other with `skip`, both mid-stream. The relay runs in-process (the
+    whole of relay/run.py) so its release sweep can be slowed; the commands are the CLI.
 
-        with psycopg.connect(url) as conn:  # the operator makes the event fit
-            conn.execute(
-                "UPDATE outbox SET payload = payload - 'pad' WHERE key = 'k3' AND state = 'parked'"
+    Without the slowdown the same race shows in about one run of fifteen on the 2-core
+    machine (outbox-relay run in a subprocess, nothing patched).
+    """
+    monkeypatch.setattr(wal_source, "PARKED_REFRESH_S", 0.5)
+    read_parked = WalSource._read_parked
+
+    async def slow_sweep(
+        source: WalSource, conn: psycopg.AsyncConnection[Any]
+    ) -> dict[int, str | None]:
+        if conn is source._sweep_conn:
+            await asyncio.sleep(SLOW_SWEEP_S)
+        return await read_parked(source, conn)
+
+    monkeypatch.setattr(WalSource, "_read_parked", slow_sweep)
+    url = settings.database_url
+    settings = dataclasses.replace(
+        settings,
+        mode=Mode.WAL,
+        slot_name=new_slot(),
+        batch_size=BATCH_SIZE,
+        heartbeat_interval=0.5,
+        kafka_max_request_size=4096,
+        park_after_attempts=1,
+    )
+    async with relay_in_process(settings):
+        with live_writer(url, topic, first_n=0) as writer:
+            await async_wait_until("a part sent", lambda: sent(url) >= 200)
+            writer.inject("k3", 6000)
+            writer.inject("k7", 6000)
+            await async_wait_until("both parked", lambda: states(url).get("parked") == 2)
+            await async_wait_until("k3 waits", lambda: key_states(url, "k3").get("pending", 0) > 5)
+            assert key_states(url, "k5").get("pending", 0) < 10  # other keys flow
+
+            with psycopg.connect(url) as conn:  # the operator makes the event fit
+                conn.execute(
+                    "UPDATE outbox SET payload = payload - 'pad' "
+                    "WHERE key = 'k3' AND state = 'parked'"
+                )
+            retry = await asyncio.to_thread(run_cli, "retry", "--database-url", url, "--key", "k3")
+            assert retry.returncode == 0, retry.stderr
+            assert retry.stdout.startswith("released 1 parked events"), retry.stdout
+            await async_wait_until("k3 flows", lambda: key_states(url, "k3").get("pending", 0) < 5)
+            skip = await asyncio.to_thread(
+                run_cli, "skip", "--database-url", url, "--key", "k7", "--reason", "poison, test"
             )
-        retry = run_cli("retry", "--database-url", url, "--key", "k3")
-        assert retry.returncode == 0, retry.stderr
-        assert retry.stdout.startswith("released 1 parked events"), retry.stdout
-        # Then, while the relay may be sweeping k3's rows, the other one goes.
-        skip = run_cli("skip", "--database-url", url, "--key", "k7", "--reason", "poison, test")
-        assert skip.returncode == 0, skip.stderr
-        wait_until(
-            "k3 and k7 flow again",
-            lambda: all(key_states(url, k).get("pending", 0) < 10 for k in ("k3", "k7")),
-        )
-        wait_written(writer, 200)
-        writer.stop()
-        wait_until("everything sent", lambda: nothing_pending(url))
+            assert skip.returncode == 0, skip.stderr
+            await async_wait_until("k7 flows", lambda: key_states(url, "k7").get("pending", 0) < 5)
+            await async_wait_until("more written", lambda: writer.written > 1500)
+        await async_wait_until("everything sent", lambda: nothing_pending(url))
     assert states(url).get("skipped") == 1
     expected = outbox_rows(url, where="state = 'sent'")
     assert len(expected) == sum(states(url).values()) - 1
-    records = records_of(settings.bootstrap_servers, topic, len(expected))
+    records = await consume(settings.bootstrap_servers, [topic], expected=len(expected))
     # No crash, no reconnect: every event exactly once.
     assert_delivered(records, expected, max_duplicates=0)
 
