@@ -163,7 +163,7 @@ def kill_mid_stream(relay: RelayProcess, url: str, at_least_sent: int) -> dict[s
 
 
 def records_of(bootstrap_servers: str, topic: str, expected: int) -> list[Consumed]:
-    return asyncio.run(consume(bootstrap_servers, [topic], expected=expected, idle_s=1.5))
+    return asyncio.run(consume(bootstrap_servers, [topic], expected=expected, idle_s=1.0))
 
 
 def wait_published(bootstrap_servers: str, topic: str, count: int) -> None:
@@ -191,7 +191,7 @@ def test_two_wal_relays_the_leader_killed_mid_stream_the_standby_takes_over(
         killed = time.monotonic()
         wait_until("takeover", lambda: standby.logged("leadership acquired"), timeout_s=30)
         assert time.monotonic() - killed < 10
-        wait_written(writer, 200)  # live writes go on under the new leader
+        wait_written(writer, 100)  # live writes go on under the new leader
         writer.stop()
         wait_until("everything sent", lambda: nothing_pending(url))
         assert standby.process.poll() is None
@@ -199,7 +199,7 @@ def test_two_wal_relays_the_leader_killed_mid_stream_the_standby_takes_over(
     records = records_of(settings.bootstrap_servers, topic, len(expected))
     # The leader was dead before the standby led: the last copies keep order too.
     assert_delivered(records, expected, max_duplicates=IN_FLIGHT_BOUND)
-    assert len(expected) > 6000 + 200
+    assert len(expected) > 6000 + 100
 
 
 def test_kill_9_under_load_publishes_again_only_what_was_in_flight(
@@ -216,7 +216,7 @@ def test_kill_9_under_load_publishes_again_only_what_was_in_flight(
             kill_mid_stream(first, url, at_least_sent=1500)
             wait_written(writer, 100)  # written while no relay runs
             with relay_process(settings, log, *args):
-                wait_written(writer, 200)
+                wait_written(writer, 100)
                 writer.stop()
                 wait_until("everything sent", lambda: nothing_pending(url))
     expected = outbox_rows(url)
@@ -296,7 +296,7 @@ def test_a_slot_invalidated_by_max_slot_wal_keep_size_under_live_writes_loses_no
         finally:
             private_broker.resume()
         wait_until("the relay notices", lambda: relay.logged(SLOT_LOST), timeout_s=30)
-        wait_written(writer, 200)
+        wait_written(writer, 100)
         writer.stop()
         wait_until("everything sent", lambda: nothing_pending(url))
         assert slot_wal_status(url, slot) in ("reserved", "extended")
@@ -317,7 +317,7 @@ def test_a_slot_dropped_under_live_writes_is_recreated_and_loses_nothing(
         wait_until("a part sent", lambda: sent(url) >= 300)
         drop_slot_under_the_relay(url, slot)
         wait_until("the relay notices", lambda: relay.logged(SLOT_DISAPPEARED), timeout_s=30)
-        wait_written(writer, 300)
+        wait_written(writer, 150)
         writer.stop()
         wait_until("everything sent", lambda: nothing_pending(url))
     expected = outbox_rows(url)
@@ -474,7 +474,8 @@ async def test_retry_and_skip_through_the_cli_under_live_traffic_keep_every_key_
             )
             assert skip.returncode == 0, skip.stderr
             await async_wait_until("k7 flows", lambda: key_states(url, "k7").get("pending", 0) < 5)
-            await async_wait_until("more written", lambda: writer.written > 1500)
+            target = writer.written + 100
+            await async_wait_until("more written", lambda: writer.written >= target)
         await async_wait_until("everything sent", lambda: nothing_pending(url))
     assert states(url).get("skipped") == 1
     expected = outbox_rows(url, where="state = 'sent'")
@@ -510,14 +511,14 @@ def test_a_postgres_restart_while_the_relay_lags_under_live_writes(
     settings = dataclasses.replace(settings, database_url=url)
     with relay_process(settings, tmp_path / "relay.log", *wal_args(new_slot())) as relay:
         wait_until("streaming", lambda: relay.logged("streaming the outbox from the WAL"))
-        insert_events(url, topic, 10_000, keys=KEYS)
-        with live_writer(url, topic, first_n=10_000) as writer:
+        insert_events(url, topic, 6000, keys=KEYS)
+        with live_writer(url, topic, first_n=6000) as writer:
             wait_until("a part sent", lambda: sent(url) >= 1500)
             before = states(url)
             durable_cluster.stop(shutdown)
             assert before.get("pending", 0) > 0, f"not lagging: {before}"
             durable_cluster.start()
-            wait_written(writer, 300)
+            wait_written(writer, 150)
             writer.stop()
             wait_until("everything sent", lambda: nothing_pending(url))
         assert relay.process.poll() is None
