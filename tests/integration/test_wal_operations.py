@@ -527,3 +527,38 @@ def test_a_postgres_restart_while_the_relay_lags_under_live_writes(
     expected = outbox_rows(url)
     records = records_of(settings.bootstrap_servers, topic, len(expected))
     assert_delivered(records, expected, max_duplicates=IN_FLIGHT_BOUND)
+
+
+def test_on_sent_none_stops_when_the_slot_is_gone_after_a_lost_leadership_session(
+    settings: Settings, topic: str, tmp_path: Path
+) -> None:
+    """The leadership session ends (a proxy, a failover) and the slot is dropped before
+    the relay leads again: the next leadership session's source found no slot and made a
+    new one, silently skipping what was written meanwhile."""
+    url = settings.database_url
+    slot = new_slot()
+    with (
+        on_sent_none_relay(settings, tmp_path / "relay.log", slot) as relay,
+        live_writer(url, topic, first_n=0),
+    ):
+        wait_until("streaming", lambda: relay.logged("streaming the outbox from the WAL"))
+        wait_published(settings.bootstrap_servers, topic, 50)
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE application_name = 'outbox-relay leadership'"
+            )
+            # The relay stops leading, closes its stream and leads again: drop the slot
+            # as soon as the walsender let go of it.
+            for _ in range(500):
+                try:
+                    conn.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
+                    break
+                except psycopg.errors.ObjectInUse:
+                    time.sleep(0.01)
+        assert_stopped_with(
+            relay,
+            f"replication slot {slot} disappeared and --on-sent none keeps no record of "
+            "what was sent: events may be missing",
+        )
+    assert slot_wal_status(url, slot) is None
