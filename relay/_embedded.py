@@ -230,25 +230,35 @@ class EmbeddedBroker:
     partitioned network.
     """
 
-    def __init__(self, port: int | None = None, log_file: Path | None = None) -> None:
+    def __init__(
+        self,
+        port: int | None = None,
+        log_file: Path | None = None,
+        *,
+        advertised_port: int | None = None,
+    ) -> None:
         self.port = port or free_port()
         self.log_file = log_file
+        #: The port the broker tells clients to use after bootstrap (its metadata): a
+        #: proxy's, so that every connection, not only the first, goes through it.
+        self.advertised_port = advertised_port or self.port
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
     def bootstrap_servers(self) -> str:
-        """The ``host:port`` clients connect to."""
-        return f"127.0.0.1:{self.port}"
+        """The ``host:port`` clients connect to (the advertised one)."""
+        return f"127.0.0.1:{self.advertised_port}"
 
     def start(self) -> None:
         """Start the broker and wait until it listens."""
         url = f"tcp://127.0.0.1:{self.port}"
+        advertised = f"tcp://127.0.0.1:{self.advertised_port}"
         output = self.log_file.open("ab") if self.log_file else None
         try:
             self._process = subprocess.Popen(  # noqa: S603
                 [
                     broker_binary(), "broker", "--listener-url", url,
-                    "--advertised-listener-url", url, "--storage-engine", "memory://tansu/",
+                    "--advertised-listener-url", advertised, "--storage-engine", "memory://tansu/",
                 ],
                 stdout=output or subprocess.DEVNULL,
                 stderr=subprocess.STDOUT,

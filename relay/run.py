@@ -110,6 +110,8 @@ class Relay:
         )
         self.loop: RelayLoop | None = None
         self._oldest_unsent_age_s = 0.0
+        #: True once a leadership session of this process streamed from the slot.
+        self._streamed_from_slot = False
 
     async def run(self, stop: asyncio.Event) -> None:
         """Relay until `stop` is set; return within about ``shutdown_timeout`` after it.
@@ -268,6 +270,7 @@ class Relay:
         """Relay while this process holds leadership and `stop` is not set."""
         source = make_source(self.settings, self.metrics)
         try:
+            await self._check_slot_kept()
             await source.start()
         except DatabaseError as exc:
             level = log.error if isinstance(exc, PermanentDatabaseError) else log.warning
@@ -276,6 +279,7 @@ class Relay:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), RESTART_DELAY_S)
             return
+        self._streamed_from_slot = self.settings.mode is Mode.WAL
         self.health.database_answered(None)
         loop_stop = asyncio.Event()
         self.loop = RelayLoop(
@@ -311,6 +315,38 @@ class Relay:
                 task.cancel()
             await asyncio.gather(backlog, stopping, lost, relaying, return_exceptions=True)
             await source.stop()
+
+    async def _check_slot_kept(self) -> None:
+        """With ``--on-sent none``, stop when the slot this process streamed from is gone.
+
+        Only the slot knows what was sent then. Each leadership session builds a fresh
+        source, which would take a missing slot for a first start and create one,
+        silently skipping what was written since the old one went (the source itself
+        stops on a slot lost under it; this covers a slot lost between two sessions).
+        A slot gone while no relay process ran cannot be told from a first start.
+
+        Raises:
+            SlotLostError: the slot no longer exists.
+            DatabaseError: the check could not run (the caller retries).
+
+        """
+        settings = self.settings
+        if not self._streamed_from_slot or settings.on_sent is not OnSent.NONE:
+            return
+        conn = await connection.connect(settings.conninfo, "slot check")
+        try:
+            status = await slot.fetch_slot_status(conn, settings.slot_name)
+        except psycopg.Error as exc:
+            raise connection.translate(exc, "slot check failed") from None
+        finally:
+            await conn.close()
+        if status is None:
+            from relay.wal import SlotLostError
+
+            raise SlotLostError(
+                f"replication slot {settings.slot_name} disappeared and --on-sent none "
+                "keeps no record of what was sent: events may be missing"
+            )
 
     async def _watch_backlog(self, source: Source) -> None:
         """Keep the backlog gauges and the health's pending count current.
