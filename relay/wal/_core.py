@@ -12,6 +12,8 @@ these objects what to do (psycopg's ``generators.py`` / ``waiting.py`` split).
   PostgreSQL restart or a lost leadership session: the table says what was sent.
 * `AckTracker` says which WAL position the slot may confirm. It keeps one entry per
   transaction that still has events to settle, never one per zero-event transaction.
+* `unseen_rows` reads the result of a mark: which rows it missed because their
+  transaction is not visible yet (to retry), as opposed to rows settled otherwise.
 * `parked_copy` shrinks content that cannot be parked as it is (over the outbox's
   payload limit) into a copy that can, with its size and digest.
 """
@@ -21,6 +23,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import hashlib
+from collections.abc import Callable, Collection, Iterable
 from typing import Final
 
 #: 2**32: pgoutput's xids are 32 bits, ``pg_snapshot`` values are 64 (epoch, xid).
@@ -193,6 +196,31 @@ class AckTracker:
         self._open.clear()
         self._by_commit.clear()
         self._pending_events = 0
+
+
+def unseen_rows(
+    ids: Iterable[int],
+    marked: Collection[int],
+    snapshot: Snapshot,
+    xid_of: Callable[[int], int | None],
+) -> set[int]:
+    """The rows of `ids` a mark missed because their transaction is not visible yet.
+
+    `marked` are the rows the mark changed and `snapshot` the snapshot *the mark itself*
+    ran in (one statement: a snapshot read by a later statement may see a commit the
+    mark did not, and the row would pass for settled while it is still pending). A row
+    the mark missed whose transaction the snapshot sees was settled otherwise (marked
+    before, skipped, deleted): it is done. `xid_of` gives a row's (32-bit) xid, or None
+    when unknown: a swept row, read in a snapshot that saw it, so it is visible.
+    """
+    unseen = set()
+    for id_ in ids:
+        if id_ in marked:
+            continue
+        xid = xid_of(id_)
+        if xid is not None and not snapshot.sees(xid):
+            unseen.add(id_)
+    return unseen
 
 
 def parked_copy(content: bytes | None, limit: int) -> tuple[bytes | None, str]:

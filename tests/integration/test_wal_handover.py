@@ -17,6 +17,9 @@ import pytest
 from relay import migrate
 from relay._embedded import EmbeddedPostgres
 from relay.config import Settings
+from relay.events import Acknowledgement
+from relay.wal import WalSource
+from tests.integration.test_wal_confirm import fetch_some
 from tests.integration.test_wal_relay import (
     insert_events,
     running_relay,
@@ -143,6 +146,66 @@ async def test_a_commit_streamed_before_it_is_visible_is_marked_once_it_is(
         admin.close()
     records = await consume(settings.bootstrap_servers, [topic], expected=2, idle_s=1)
     assert_delivered(records, outbox_rows(cluster.url))
+
+
+def relay_waits_for_a_lock(url: str) -> bool:
+    with psycopg.connect(url, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity "
+            "WHERE application_name = 'outbox-relay wal' AND wait_event_type = 'Lock'"
+        ).fetchone()
+    return row is not None and row[0] == 1
+
+
+async def test_a_commit_that_becomes_visible_during_the_mark_is_not_taken_for_settled(
+    settings: Settings, topic: str, cluster: EmbeddedPostgres
+) -> None:
+    """Chaos seed 2: a mark missed a row whose commit became visible just after it.
+
+    The mark's UPDATE ran in a snapshot that did not see row B's commit yet (streamed,
+    not visible); the statement after it, which read which rows exist, did see it, so B
+    passed for settled: it stayed pending forever and the slot confirmed past it. Here
+    the window is held open: the UPDATE waits for a row lock on A while B's commit
+    becomes visible.
+    """
+    settings = wal_settings(settings, database_url=cluster.url)
+    admin = psycopg.connect(cluster.url, autocommit=True)
+    locker = psycopg.connect(cluster.url)
+    source = WalSource(settings)
+    await source.start()
+    try:
+        insert_events(cluster.url, topic, ["a"])
+        admin.execute("ALTER SYSTEM SET synchronous_standby_names = 'nosuchstandby'")
+        admin.execute("SELECT pg_reload_conf()")
+        committing = threading.Thread(target=write_and_wait, args=(cluster.url, topic))
+        committing.start()
+        fetched = await fetch_some(source, 2)
+        if len(fetched) < 2:
+            fetched += await fetch_some(source, 1)
+        assert [event.id for event in fetched] == [1, 2]
+        locker.execute("SELECT id FROM outbox WHERE id = 1 FOR UPDATE")
+        acknowledging = asyncio.create_task(
+            source.acknowledge(Acknowledgement(sent=tuple(fetched)))
+        )
+        await wait_until(lambda: relay_waits_for_a_lock(cluster.url), 10)
+        # B's commit becomes visible while the mark's UPDATE waits (in its snapshot B's
+        # transaction is still running).
+        admin.execute(
+            "SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE wait_event = 'SyncRep'"
+        )
+        committing.join(10)
+        assert not committing.is_alive()
+        admin.execute("ALTER SYSTEM RESET synchronous_standby_names")
+        admin.execute("SELECT pg_reload_conf()")
+        locker.rollback()
+        await asyncio.wait_for(acknowledging, 10)
+        await wait_until(lambda: states(cluster.url) == {"sent": 2}, 5)
+    finally:
+        await source.stop()
+        locker.close()
+        admin.execute("ALTER SYSTEM RESET synchronous_standby_names")
+        admin.execute("SELECT pg_reload_conf()")
+        admin.close()
 
 
 async def test_a_release_after_the_sweep_connection_died_still_publishes_the_key(
