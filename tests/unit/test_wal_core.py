@@ -19,6 +19,7 @@ from hypothesis.stateful import (
 )
 
 from relay.wal import AckTracker, HandOver, Snapshot, parked_copy
+from relay.wal._core import unseen_rows
 
 XID_SPAN = 1 << 32
 
@@ -219,6 +220,130 @@ class HandOverMachine(RuleBasedStateMachine):
 
 TestHandOver = HandOverMachine.TestCase
 TestHandOver.settings = settings(max_examples=200, stateful_step_count=30, deadline=None)
+
+
+# --- Marking: the rows a mark missed ------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Streamed:
+    xid: int
+    commit_lsn: int
+    rows: list[int]
+    visible: bool = False
+
+
+class MarkMachine(RuleBasedStateMachine):
+    """Commits are streamed before they are visible; marks run at any moment in between.
+
+    The model is the table (each row pending, sent or skipped) and which commits other
+    sessions see. A mark changes the visible pending rows it is given, in one snapshot;
+    `unseen_rows` says which misses to retry, and only the others count as settled in the
+    `AckTracker`. The slot must never confirm past a row still pending, a pending row is
+    always in flight or waiting to be marked again (never forgotten), and what waits is
+    never a row already marked (bounded).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tracker = AckTracker(confirmed=10)
+        self.next_xid = XID_SPAN - 3  # across the 32-bit wraparound
+        self.lsn = 100
+        self.txns: list[Streamed] = []
+        self.state: dict[int, str] = {}
+        self.txn_of: dict[int, Streamed] = {}
+        self.in_flight: list[int] = []
+        self.unmarked: list[int] = []
+        self.next_id = 1
+
+    @rule(count=st.integers(1, 3))
+    def commit(self, count: int) -> None:
+        rows = list(range(self.next_id, self.next_id + count))
+        self.next_id += count
+        txn = Streamed(self.next_xid, self.lsn, rows)
+        self.next_xid += 1
+        self.lsn += 16
+        self.txns.append(txn)
+        for row in rows:
+            self.state[row] = "pending"
+            self.txn_of[row] = txn
+        self.tracker.add(txn.commit_lsn, txn.commit_lsn + 8, count, xid=txn.xid % XID_SPAN)
+        self.in_flight.extend(rows)
+
+    @rule(data=st.data())
+    def becomes_visible(self, data: st.DataObject) -> None:
+        hidden = [txn for txn in self.txns if not txn.visible]
+        if hidden:
+            data.draw(st.sampled_from(hidden)).visible = True
+
+    @rule(data=st.data())
+    def operator_skips(self, data: st.DataObject) -> None:
+        visible = [r for r, s in self.state.items() if s == "pending" and self.txn_of[r].visible]
+        if visible:
+            self.state[data.draw(st.sampled_from(visible))] = "skipped"
+
+    def snapshot(self) -> Snapshot:
+        hidden = sorted(txn.xid for txn in self.txns if not txn.visible)
+        xmin = hidden[0] if hidden else self.next_xid
+        return Snapshot(xmin, self.next_xid, frozenset(hidden))
+
+    def mark(self, ids: list[int]) -> set[int]:
+        snapshot = self.snapshot()  # the mark's own: one statement
+        marked = set()
+        for id_ in ids:
+            if self.state[id_] == "pending" and self.txn_of[id_].visible:
+                self.state[id_] = "sent"
+                marked.add(id_)
+
+        def xid_of(id_: int) -> int | None:
+            return self.tracker.xid_of(self.txn_of[id_].commit_lsn)
+
+        unseen = unseen_rows(ids, marked, snapshot, xid_of)
+        for id_ in ids:
+            if id_ not in unseen:
+                self.tracker.done(self.txn_of[id_].commit_lsn)
+        return unseen
+
+    @rule(count=st.integers(1, 4))
+    def acknowledge(self, count: int) -> None:
+        batch, self.in_flight = self.in_flight[:count], self.in_flight[count:]
+        if batch:
+            self.unmarked.extend(sorted(self.mark(batch)))
+
+    @precondition(lambda self: self.unmarked)
+    @rule()
+    def retry_unmarked(self) -> None:
+        self.unmarked = sorted(self.mark(self.unmarked))
+
+    @invariant()
+    def never_confirmed_past_a_pending_row(self) -> None:
+        confirmed = self.tracker.confirmable()
+        for id_, state in self.state.items():
+            if state == "pending":
+                assert confirmed < self.txn_of[id_].commit_lsn
+
+    @invariant()
+    def no_pending_row_forgotten_and_bounded(self) -> None:
+        waiting = set(self.in_flight) | set(self.unmarked)
+        pending = {id_ for id_, state in self.state.items() if state == "pending"}
+        assert pending <= waiting
+        # What waits to be marked again is never a row already marked.
+        assert all(self.state[id_] != "sent" for id_ in self.unmarked)
+        assert self.tracker.pending_events == len(self.in_flight) + len(self.unmarked)
+
+    def teardown(self) -> None:
+        for txn in self.txns:
+            txn.visible = True
+        if self.in_flight:
+            self.mark(self.in_flight)
+        if self.unmarked:
+            assert not self.mark(self.unmarked)
+        assert "pending" not in self.state.values()
+        assert self.tracker.confirmable() == (self.txns[-1].commit_lsn + 8 if self.txns else 10)
+
+
+TestMark = MarkMachine.TestCase
+TestMark.settings = settings(max_examples=150, stateful_step_count=40, deadline=None)
 
 
 # --- Snapshots and parking -------------------------------------------------------------------
