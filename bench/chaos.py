@@ -320,15 +320,18 @@ def run(  # noqa: PLR0917 - the command line, as it is
             keep_logs(Path(tmp), keep)
         rows = query(
             url,
-            "SELECT event_id::text, key, topic, state FROM outbox ORDER BY id",
+            "SELECT event_id::text, key, topic, state, id FROM outbox ORDER BY id",
         )
         innocent_skipped = query(
             url,
             "SELECT count(*) FROM outbox WHERE state = 'skipped' "
             f"AND octet_length(payload::text) < {POISON_BYTES}",
         )[0][0]
-        expected = [Expected(str(e), str(k), str(t)) for e, k, t, state in rows if state == "sent"]
-        skipped = {str(e) for e, _, _, state in rows if state == "skipped"}
+        sent = [row for row in rows if row[3] == "sent"]
+        expected = [Expected(str(e), str(k), str(t)) for e, k, t, _state, _id in sent]
+        #: Row ids by position in `expected`: what a disorder's positions are.
+        ids = [row[4] for row in sent]
+        skipped = {str(row[0]) for row in rows if row[3] == "skipped"}
         records = asyncio.run(
             consume(broker.bootstrap_servers, [topic], expected=len(expected), timeout_s=120)
         )
@@ -346,9 +349,9 @@ def run(  # noqa: PLR0917 - the command line, as it is
         f"split {len(verdict.split_keys)} keys"
     )
     for key, positions in list(verdict.first_copy_disorder.items())[:3]:
-        print(f"  first copies of {key}: {positions[:20]}")
+        print(f"  first copies of {key} (row ids): {[ids[p] for p in positions[:20]]}")
     for key, positions in list(verdict.last_copy_disorder.items())[:3]:
-        print(f"  last copies of {key}: {positions[:20]}")
+        print(f"  last copies of {key} (row ids): {[ids[p] for p in positions[:20]]}")
     # Every fault that ends a relay's session opens one crash window: at most the
     # batches in flight then (one publishing, two being marked) come again.
     windows = sum(faults[f] for f in ("kill", "pg_restart_fast", "pg_restart_immediate"))
