@@ -14,6 +14,8 @@ these objects what to do (psycopg's ``generators.py`` / ``waiting.py`` split).
   transaction that still has events to settle, never one per zero-event transaction.
 * `unseen_rows` reads the result of a mark: which rows it missed because their
   transaction is not visible yet (to retry), as opposed to rows settled otherwise.
+* `Unmarked` keeps the sent events whose mark found no visible row yet, until a mark
+  finds it: only then do their transactions count as settled.
 * `parked_copy` shrinks content that cannot be parked as it is (over the outbox's
   payload limit) into a copy that can, with its size and digest.
 """
@@ -25,6 +27,8 @@ import dataclasses
 import hashlib
 from collections.abc import Callable, Collection, Iterable
 from typing import Final
+
+from relay.events import OutboxEvent
 
 #: 2**32: pgoutput's xids are 32 bits, ``pg_snapshot`` values are 64 (epoch, xid).
 _XID_SPAN: Final = 1 << 32
@@ -221,6 +225,45 @@ def unseen_rows(
         if xid is not None and not snapshot.sees(xid):
             unseen.add(id_)
     return unseen
+
+
+class Unmarked:
+    """Sent events whose row a mark did not see yet (`unseen_rows`), until one does.
+
+    Their transactions stay unconfirmed meanwhile: the tracker counts an event done only
+    when `settle` hands it back. A mark awaits the database, and two may run at once
+    (the status task's retry and an acknowledgement's): `settle` hands back only events
+    that were `tried` by that mark and are still waiting, so none is counted twice, none
+    added meanwhile passes for marked, and none comes back after `clear` (a reconnect:
+    the new stream's tracker does not know them).
+    """
+
+    def __init__(self) -> None:
+        self._events: list[OutboxEvent] = []
+
+    def __len__(self) -> int:
+        return len(self._events)
+
+    def add(self, events: Iterable[OutboxEvent]) -> None:
+        """Events whose mark missed their row (its transaction is not visible yet)."""
+        self._events.extend(events)
+
+    def to_retry(self) -> list[OutboxEvent]:
+        """The events waiting, to mark again."""
+        return list(self._events)
+
+    def settle(self, tried: Iterable[OutboxEvent], missing: Collection[int]) -> list[OutboxEvent]:
+        """Of the `tried` events, those now marked (their id not `missing`); they go."""
+        tried_now = {id(event) for event in tried}
+        done = [e for e in self._events if id(e) in tried_now and e.id not in missing]
+        if done:
+            gone = {id(event) for event in done}
+            self._events = [event for event in self._events if id(event) not in gone]
+        return done
+
+    def clear(self) -> None:
+        """Forget them (a reconnect: the table and the new stream say what is due)."""
+        self._events.clear()
 
 
 def parked_copy(content: bytes | None, limit: int) -> tuple[bytes | None, str]:

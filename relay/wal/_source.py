@@ -115,7 +115,14 @@ from relay.slot import (
 from relay.slot import names as slot_names
 from relay.source import Backlog
 from relay.sql import query
-from relay.wal._core import AckTracker, HandOver, Snapshot, parked_copy, unseen_rows
+from relay.wal._core import (
+    AckTracker,
+    HandOver,
+    Snapshot,
+    Unmarked,
+    parked_copy,
+    unseen_rows,
+)
 
 log = structlog.get_logger("relay.wal")
 
@@ -735,7 +742,7 @@ class WalSource:
         self._decoder.handovers = self._handovers
         #: Sent events whose mark found no row yet (their transaction was decoded but is
         #: not visible yet): their transactions stay unconfirmed until a mark finds them.
-        self._unmarked: list[OutboxEvent] = []
+        self._unmarked = Unmarked()
         self._parked_ids: set[int] = set()
         self._parked_keys: set[str] = set()
         self._parked_checked_s = 0.0
@@ -890,7 +897,7 @@ class WalSource:
                 events=len(unmarked),
                 first_id=unmarked[0].id,
             )
-            self._unmarked.extend(unmarked)
+            self._unmarked.add(unmarked)
             sent = [event for event in sent if event.id not in missing]
         done = self._settled_per_transaction(sent)
         for failed in acknowledgement.failed:
@@ -973,14 +980,10 @@ class WalSource:
 
     async def _retry_unmarked(self) -> None:
         """Mark the sent events whose rows were not visible; count those done."""
-        missing = await self._mark(list(self._unmarked))
-        # Only what is still unmarked now: the status task and an acknowledgement may
-        # retry at the same time (counted twice, a transaction would confirm early), and
-        # a reconnect forgets them (the new stream's tracker does not know them).
-        done = [event for event in self._unmarked if event.id not in missing]
+        tried = self._unmarked.to_retry()
+        done = self._unmarked.settle(tried, await self._mark(tried))
         if not done:
             return
-        self._unmarked = [event for event in self._unmarked if event.id in missing]
         log.info("sent events marked once visible", events=len(done))
         for lsn, count in self._settled_per_transaction(done).items():
             if lsn:

@@ -18,8 +18,9 @@ from hypothesis.stateful import (
     rule,
 )
 
+from relay.events import OutboxEvent
 from relay.wal import AckTracker, HandOver, Snapshot, parked_copy
-from relay.wal._core import unseen_rows
+from relay.wal._core import Unmarked, unseen_rows
 
 XID_SPAN = 1 << 32
 
@@ -233,15 +234,22 @@ class Streamed:
     visible: bool = False
 
 
+def row_event(id_: int, commit_lsn: int) -> OutboxEvent:
+    return OutboxEvent(
+        id=id_, event_id=f"e{id_}", topic="t", key=None, value=None, headers=(), lsn=commit_lsn
+    )
+
+
 class MarkMachine(RuleBasedStateMachine):
     """Commits are streamed before they are visible; marks run at any moment in between.
 
     The model is the table (each row pending, sent or skipped) and which commits other
     sessions see. A mark changes the visible pending rows it is given, in one snapshot;
-    `unseen_rows` says which misses to retry, and only the others count as settled in the
-    `AckTracker`. The slot must never confirm past a row still pending, a pending row is
-    always in flight or waiting to be marked again (never forgotten), and what waits is
-    never a row already marked (bounded).
+    `unseen_rows` says which misses to retry (`Unmarked`), and only the others count as
+    settled in the `AckTracker`. A retry of the unmarked rows awaits the database: other
+    acknowledgements may run between its statement and its result. The slot must never
+    confirm past a row still pending, a pending row is always in flight or waiting to be
+    marked again (never forgotten), and nothing already marked waits (bounded).
     """
 
     def __init__(self) -> None:
@@ -252,8 +260,10 @@ class MarkMachine(RuleBasedStateMachine):
         self.txns: list[Streamed] = []
         self.state: dict[int, str] = {}
         self.txn_of: dict[int, Streamed] = {}
-        self.in_flight: list[int] = []
-        self.unmarked: list[int] = []
+        self.in_flight: list[OutboxEvent] = []
+        self.unmarked = Unmarked()
+        #: A retry whose statement ran and whose result is not applied yet.
+        self.retrying: tuple[list[OutboxEvent], set[int]] | None = None
         self.next_id = 1
 
     @rule(count=st.integers(1, 3))
@@ -268,7 +278,7 @@ class MarkMachine(RuleBasedStateMachine):
             self.state[row] = "pending"
             self.txn_of[row] = txn
         self.tracker.add(txn.commit_lsn, txn.commit_lsn + 8, count, xid=txn.xid % XID_SPAN)
-        self.in_flight.extend(rows)
+        self.in_flight.extend(row_event(row, txn.commit_lsn) for row in rows)
 
     @rule(data=st.data())
     def becomes_visible(self, data: st.DataObject) -> None:
@@ -287,33 +297,42 @@ class MarkMachine(RuleBasedStateMachine):
         xmin = hidden[0] if hidden else self.next_xid
         return Snapshot(xmin, self.next_xid, frozenset(hidden))
 
-    def mark(self, ids: list[int]) -> set[int]:
-        snapshot = self.snapshot()  # the mark's own: one statement
+    def mark(self, events: list[OutboxEvent]) -> set[int]:
+        """The mark statement: its changes and the rows it missed unseen, one snapshot."""
+        snapshot = self.snapshot()
         marked = set()
-        for id_ in ids:
-            if self.state[id_] == "pending" and self.txn_of[id_].visible:
-                self.state[id_] = "sent"
-                marked.add(id_)
+        for event in events:
+            if self.state[event.id] == "pending" and self.txn_of[event.id].visible:
+                self.state[event.id] = "sent"
+                marked.add(event.id)
+        xids = {event.id: self.tracker.xid_of(event.lsn) for event in events}
+        return unseen_rows(xids, marked, snapshot, xids.get)
 
-        def xid_of(id_: int) -> int | None:
-            return self.tracker.xid_of(self.txn_of[id_].commit_lsn)
-
-        unseen = unseen_rows(ids, marked, snapshot, xid_of)
-        for id_ in ids:
-            if id_ not in unseen:
-                self.tracker.done(self.txn_of[id_].commit_lsn)
-        return unseen
+    def count_done(self, events: list[OutboxEvent]) -> None:
+        for event in events:
+            self.tracker.done(event.lsn)
 
     @rule(count=st.integers(1, 4))
     def acknowledge(self, count: int) -> None:
         batch, self.in_flight = self.in_flight[:count], self.in_flight[count:]
         if batch:
-            self.unmarked.extend(sorted(self.mark(batch)))
+            unseen = self.mark(batch)
+            self.unmarked.add(event for event in batch if event.id in unseen)
+            self.count_done([event for event in batch if event.id not in unseen])
 
-    @precondition(lambda self: self.unmarked)
+    @precondition(lambda self: self.unmarked and self.retrying is None)
     @rule()
-    def retry_unmarked(self) -> None:
-        self.unmarked = sorted(self.mark(self.unmarked))
+    def retry_runs_its_statement(self) -> None:
+        tried = self.unmarked.to_retry()
+        self.retrying = (tried, self.mark(tried))
+
+    @precondition(lambda self: self.retrying is not None)
+    @rule()
+    def retry_gets_its_result(self) -> None:
+        assert self.retrying is not None
+        tried, missing = self.retrying
+        self.retrying = None
+        self.count_done(self.unmarked.settle(tried, missing))
 
     @invariant()
     def never_confirmed_past_a_pending_row(self) -> None:
@@ -324,20 +343,24 @@ class MarkMachine(RuleBasedStateMachine):
 
     @invariant()
     def no_pending_row_forgotten_and_bounded(self) -> None:
-        waiting = set(self.in_flight) | set(self.unmarked)
+        waiting = {event.id for event in self.in_flight + self.unmarked.to_retry()}
         pending = {id_ for id_, state in self.state.items() if state == "pending"}
         assert pending <= waiting
-        # What waits to be marked again is never a row already marked.
-        assert all(self.state[id_] != "sent" for id_ in self.unmarked)
+        if self.retrying is None:
+            # What waits to be marked again is never a row already marked.
+            assert all(self.state[event.id] != "sent" for event in self.unmarked.to_retry())
         assert self.tracker.pending_events == len(self.in_flight) + len(self.unmarked)
 
     def teardown(self) -> None:
+        if self.retrying is not None:
+            self.retry_gets_its_result()
         for txn in self.txns:
             txn.visible = True
-        if self.in_flight:
-            self.mark(self.in_flight)
+        self.acknowledge(len(self.in_flight))
         if self.unmarked:
-            assert not self.mark(self.unmarked)
+            self.retry_runs_its_statement()
+            self.retry_gets_its_result()
+        assert not self.unmarked
         assert "pending" not in self.state.values()
         assert self.tracker.confirmable() == (self.txns[-1].commit_lsn + 8 if self.txns else 10)
 
