@@ -825,8 +825,12 @@ class WalSource:
             or (self._broken is not None and not self._queue)
         ):
             await self._reconnect_shielded()
-        if self._sweep_state is not None and len(self._queue) < 2 * max_events:
-            await self._continue_sweep()
+        if self._sweep_state is not None:
+            # Never a release sweep meanwhile: it would take over the sweep's state and
+            # transaction, and the rest of this sweep's rows (the stream drops them: its
+            # snapshot saw them) would never be queued. Releases are noticed after it.
+            if len(self._queue) < 2 * max_events:
+                await self._continue_sweep()
         elif self._track_rows and time.monotonic() - self._parked_checked_s > PARKED_REFRESH_S:
             await self._refresh_parked()
         queue = self._queue

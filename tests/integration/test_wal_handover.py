@@ -19,7 +19,8 @@ from relay._embedded import EmbeddedPostgres
 from relay.config import Settings
 from relay.events import Acknowledgement
 from relay.wal import WalSource
-from tests.integration.test_wal_confirm import fetch_some
+from relay.wal import _source as wal_source
+from tests.integration.test_wal_confirm import fetch_some, fetch_until
 from tests.integration.test_wal_relay import (
     insert_events,
     running_relay,
@@ -206,6 +207,40 @@ async def test_a_commit_that_becomes_visible_during_the_mark_is_not_taken_for_se
         admin.execute("ALTER SYSTEM RESET synchronous_standby_names")
         admin.execute("SELECT pg_reload_conf()")
         admin.close()
+
+
+async def test_a_release_during_the_start_up_sweep_does_not_cut_the_sweep_short(
+    settings: Settings, topic: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Chaos seed 2 at 500 events/s: a release noticed while the start-up sweep still had
+    chunks to read took over its state and transaction; the rest of its rows (dropped by
+    the stream: the sweep's snapshot saw them) were never published by the running relay.
+    """
+    monkeypatch.setattr(wal_source, "SWEEP_CHUNK", 20)
+    monkeypatch.setattr(wal_source, "PARKED_REFRESH_S", 0.2)
+    settings = wal_settings(settings)
+    url = settings.database_url
+    with psycopg.connect(url) as conn:
+        conn.execute(
+            "INSERT INTO outbox (topic, key, payload) VALUES (%s, 'p', %s)",
+            (topic, json.dumps({"n": -1, "key": "p"})),
+        )
+        conn.execute("UPDATE outbox SET state = 'parked', parked_at = now(), last_error = 'x'")
+        conn.commit()
+    insert_events(url, topic, [f"k{i % 10}" for i in range(100)], per_transaction=10)
+    source = WalSource(settings)
+    await source.start()
+    try:
+        first = await fetch_some(source, 5)  # the sweep queued its first chunk only
+        await source.acknowledge(Acknowledgement(sent=tuple(first)))
+        with psycopg.connect(url) as conn:  # an operator's retry
+            conn.execute("UPDATE outbox SET state = 'pending', parked_at = NULL WHERE id = 1")
+        await asyncio.sleep(0.3)  # past the parked rows' refresh
+        rest = await fetch_until(source, 101 - len(first), timeout_s=10)
+    finally:
+        await source.stop()
+    assert sorted(event.id for event in [*first, *rest]) == list(range(1, 102))
+    assert states(url) == {"sent": 101}
 
 
 async def test_a_release_after_the_sweep_connection_died_still_publishes_the_key(
