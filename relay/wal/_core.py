@@ -16,6 +16,8 @@ these objects what to do (psycopg's ``generators.py`` / ``waiting.py`` split).
   transaction is not visible yet (to retry), as opposed to rows settled otherwise.
 * `Unmarked` keeps the sent events whose mark found no visible row yet, until a mark
   finds it: only then do their transactions count as settled.
+* `released_front` orders a release sweep's rows with the released keys' events still
+  queued: per key in outbox order, ahead of the rest.
 * `parked_copy` shrinks content that cannot be parked as it is (over the outbox's
   payload limit) into a copy that can, with its size and digest.
 """
@@ -264,6 +266,30 @@ class Unmarked:
     def clear(self) -> None:
         """Forget them (a reconnect: the table and the new stream say what is due)."""
         self._events.clear()
+
+
+def released_front(
+    queued: Iterable[OutboxEvent], swept: Iterable[OutboxEvent], keys: frozenset[str]
+) -> tuple[list[OutboxEvent], list[OutboxEvent]]:
+    """What goes in front of the queue after a release sweep, and the queue behind it.
+
+    The sweep read the released `keys`' pending rows, ahead of everything queued (they
+    are older than what waited behind them). But rows of those keys decoded before the
+    key was parked may still be queued (not fetched yet, so never held), and the sweep
+    also read rows the stream has not decoded yet, newer than those. So the queued rows
+    of the released keys join the swept ones, all in id order (outbox order per key);
+    every other event keeps its place. Table-less events (id 0) stay where they are.
+    """
+    moved: list[OutboxEvent] = []
+    rest: list[OutboxEvent] = []
+    for event in queued:
+        (moved if event.id and event.key in keys else rest).append(event)
+    front = sorted([*swept, *moved], key=_row_id)
+    return front, rest
+
+
+def _row_id(event: OutboxEvent) -> int:
+    return event.id
 
 
 def parked_copy(content: bytes | None, limit: int) -> tuple[bytes | None, str]:

@@ -121,6 +121,7 @@ from relay.wal._core import (
     Snapshot,
     Unmarked,
     parked_copy,
+    released_front,
     unseen_rows,
 )
 
@@ -1125,9 +1126,9 @@ class WalSource:
 
         The rows are read in chunks as the loop consumes them, in one REPEATABLE READ
         transaction; the stream waits until the last chunk is queued, so every swept row
-        goes before what the stream brings. With `front`, the rows go all at once ahead
-        of what is queued (released rows are older than anything in the queue), and only
-        the rows of the released `keys` are read.
+        goes before what the stream brings. With `front`, only the rows of the released
+        `keys` are read, and they go all at once ahead of what is queued, together with
+        those keys' events still queued, in outbox order (`relay.wal._core.released_front`).
         """
         conn = self._sweep_conn
         assert conn is not None  # noqa: S101 - connected by the caller
@@ -1157,7 +1158,11 @@ class WalSource:
             swept: list[OutboxEvent] = []
             while await self._sweep_chunk(swept):
                 pass
-            self._queue.extendleft(reversed(swept))
+            # No await from here on: the queue is rebuilt in one step.
+            ahead, behind = released_front(self._queue, swept, keys or frozenset())
+            self._queue.clear()
+            self._queue.extend(ahead)
+            self._queue.extend(behind)
         else:
             await self._sweep_chunk(self._queue)
         if self._queue:

@@ -17,7 +17,7 @@ import pytest
 from relay import migrate
 from relay._embedded import EmbeddedPostgres
 from relay.config import Settings
-from relay.events import Acknowledgement
+from relay.events import Acknowledgement, FailedEvent, PublishFailure
 from relay.wal import WalSource
 from relay.wal import _source as wal_source
 from tests.integration.test_wal_confirm import fetch_some, fetch_until
@@ -241,6 +241,38 @@ async def test_a_release_during_the_start_up_sweep_does_not_cut_the_sweep_short(
         await source.stop()
     assert sorted(event.id for event in [*first, *rest]) == list(range(1, 102))
     assert states(url) == {"sent": 101}
+
+
+async def test_a_release_never_puts_a_keys_newer_rows_ahead_of_its_queued_ones(
+    settings: Settings, topic: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Chaos seed 2 at 500 events/s: the release sweep went in front of the queue with
+    rows the stream had not decoded yet, ahead of older events of the same key still
+    queued (decoded before the key was parked): first copies out of order.
+    """
+    monkeypatch.setattr(wal_source, "PARKED_REFRESH_S", 0.2)
+    # One event decoded ahead: the rest of the WAL waits, as it does behind a backlog.
+    monkeypatch.setattr(wal_source, "MAX_QUEUED_EVENTS", 1)
+    settings = wal_settings(settings)
+    url = settings.database_url
+    source = WalSource(settings)
+    await source.start()
+    try:
+        insert_events(url, topic, ["k", "k"])  # rows 1 (to be parked) and 2
+        poison = await fetch_some(source, 1)
+        assert [event.id for event in poison] == [1]
+        failure = PublishFailure(error="RecordTooLarge", retriable=False)
+        parked = FailedEvent(poison[0], failure, attempts=2, park=True)
+        await source.acknowledge(Acknowledgement(sent=(), failed=(parked,)))
+        await wait_until(lambda: len(source._queue) == 1)  # row 2, decoded before the park
+        insert_events(url, topic, ["k"], start=2)  # row 3: committed, not decoded yet
+        with psycopg.connect(url) as conn:  # an operator's retry
+            conn.execute("UPDATE outbox SET state = 'pending', parked_at = NULL WHERE id = 1")
+        await asyncio.sleep(0.3)  # past the parked rows' refresh
+        got = await fetch_until(source, 3, timeout_s=10)
+    finally:
+        await source.stop()
+    assert [event.id for event in got] == [1, 2, 3]
 
 
 async def test_a_release_after_the_sweep_connection_died_still_publishes_the_key(

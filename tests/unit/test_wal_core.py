@@ -20,7 +20,7 @@ from hypothesis.stateful import (
 
 from relay.events import OutboxEvent
 from relay.wal import AckTracker, HandOver, Snapshot, parked_copy
-from relay.wal._core import Unmarked, unseen_rows
+from relay.wal._core import Unmarked, released_front, unseen_rows
 
 XID_SPAN = 1 << 32
 
@@ -411,6 +411,40 @@ def test_a_release_hand_over_covers_only_its_keys() -> None:
     assert not handover.covers("j")
     assert not handover.covers(None)
     assert HandOver().covers(None)
+
+
+@given(
+    queued=st.lists(st.tuples(st.sampled_from("abcd"), st.booleans()), max_size=12),
+    swept=st.lists(st.sampled_from("ab"), max_size=8),
+)
+def test_a_release_front_keeps_every_keys_outbox_order(
+    queued: list[tuple[str, bool]], swept: list[str]
+) -> None:
+    """Queued events (some table-less), then swept rows of released keys a and b.
+
+    Ids grow in outbox order: the swept rows are either older than everything queued
+    (released) or newer (not decoded yet), and never already queued.
+    """
+    events = []
+    for n, (key, table_less) in enumerate(queued):
+        events.append(row_event(0 if table_less else 100 + n, 1))
+        events[-1] = dataclasses.replace(events[-1], key=key)
+    rows = [
+        dataclasses.replace(row_event(n if n % 2 else 500 + n, 0), key=key)
+        for n, key in enumerate(swept, 1)
+    ]
+    keys = frozenset("ab")
+    front, rest = released_front(events, rows, keys)
+    out = front + rest
+    assert sorted(map(id, out)) == sorted(map(id, events + rows))  # nothing lost or doubled
+    for key in "abcd":
+        of_key = [event for event in out if event.key == key and event.id]
+        if key in keys:
+            assert [e.id for e in of_key] == sorted(e.id for e in of_key)
+        else:  # other keys keep their order and their place behind
+            assert of_key == [e for e in events if e.key == key and e.id]
+    assert [e for e in out if not e.id] == [e for e in events if not e.id]
+    assert all(e in rest for e in events if e.key not in keys or not e.id)
 
 
 def test_content_over_the_limit_is_parked_truncated_with_size_and_digest() -> None:
