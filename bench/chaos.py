@@ -254,6 +254,12 @@ def drain(url: str) -> bool:
     return False
 
 
+def around_inversion(positions: list[int], ids: list[object]) -> list[object]:
+    """The row ids around the first copy that arrived after a newer one of its key."""
+    first = next((i for i in range(1, len(positions)) if positions[i] < positions[i - 1]), 0)
+    return [ids[p] for p in positions[max(0, first - 4) : first + 4]]
+
+
 def keep_logs(tmp: Path, keep: Path | None) -> None:
     """Copy the run's logs (relays, broker) to `keep`, if given, before `tmp` goes."""
     if keep is None:
@@ -349,9 +355,9 @@ def run(  # noqa: PLR0917 - the command line, as it is
         f"split {len(verdict.split_keys)} keys"
     )
     for key, positions in list(verdict.first_copy_disorder.items())[:3]:
-        print(f"  first copies of {key} (row ids): {[ids[p] for p in positions[:20]]}")
+        print(f"  first copies of {key} (row ids): {around_inversion(positions, ids)}")
     for key, positions in list(verdict.last_copy_disorder.items())[:3]:
-        print(f"  last copies of {key} (row ids): {[ids[p] for p in positions[:20]]}")
+        print(f"  last copies of {key} (row ids): {around_inversion(positions, ids)}")
     # Every fault that ends a relay's session opens one crash window: at most the
     # batches in flight then (one publishing, two being marked) come again.
     windows = sum(faults[f] for f in ("kill", "pg_restart_fast", "pg_restart_immediate"))
