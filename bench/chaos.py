@@ -30,6 +30,7 @@ import asyncio
 import contextlib
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -233,7 +234,50 @@ def explain_unexpected(url: str, event_ids: list[str]) -> None:
         print(f"  unexpected records, their rows in the table: {rows}")
 
 
-def run(mode: str, seconds: float, seed: int, rate: float, keys: int) -> bool:
+def drain(url: str) -> bool:
+    """Give up on what is parked (the poison), then wait for the relays to drain.
+
+    Rows still pending then are printed with their xmin (never updated: never marked).
+    """
+
+    def drained() -> bool:
+        cli(url, "skip", "--all", "--reason", "chaos end")
+        return query(url, "SELECT count(*) FROM outbox WHERE state = 'pending'")[0][0] == 0
+
+    if wait_for("the relays to drain", drained, timeout_s=240):
+        return True
+    stuck = query(
+        url,
+        "SELECT id, key, xmin::text FROM outbox WHERE state = 'pending' ORDER BY id LIMIT 20",
+    )
+    print(f"  rows still pending (id, key, xmin): {stuck}")
+    return False
+
+
+def around_inversion(positions: list[int], ids: list[object]) -> list[object]:
+    """The row ids around the first copy that arrived after a newer one of its key."""
+    first = next((i for i in range(1, len(positions)) if positions[i] < positions[i - 1]), 0)
+    return [ids[p] for p in positions[max(0, first - 4) : first + 4]]
+
+
+def keep_logs(tmp: Path, keep: Path | None) -> None:
+    """Copy the run's logs (relays, broker) to `keep`, if given, before `tmp` goes."""
+    if keep is None:
+        return
+    keep.mkdir(parents=True, exist_ok=True)
+    for log in tmp.glob("*.log"):
+        shutil.copy(log, keep / log.name)
+
+
+def run(  # noqa: PLR0917 - the command line, as it is
+    mode: str,
+    seconds: float,
+    seed: int,
+    rate: float,
+    keys: int,
+    keep: Path | None = None,
+    log_level: str = "info",
+) -> bool:
     rng = random.Random(seed)
     print(f"chaos: seed={seed} mode={mode} seconds={seconds:.0f} rate={rate:.0f}/s keys={keys}")
     topic = f"chaos-{uuid.uuid4().hex[:8]}"
@@ -254,6 +298,7 @@ def run(mode: str, seconds: float, seed: int, rate: float, keys: int) -> bool:
                 "--batch-size", str(BATCH_SIZE),
                 "--poll-interval", "0.2",
                 "--log-format", "json",
+                "--log-level", log_level,
             ]  # fmt: skip
             relays = [
                 Relay(name, args, env, Path(tmp) / f"{name}.log") for name in ("relay-a", "relay-b")
@@ -276,24 +321,23 @@ def run(mode: str, seconds: float, seed: int, rate: float, keys: int) -> bool:
             proxy.heal()
             print(f"  faults: {dict(faults)}; written {writer.written} ({writer.poison} poison)")
 
-            # Settle: give up on what is parked (the poison), then drain.
-            def drained() -> bool:
-                cli(url, "skip", "--all", "--reason", "chaos end")
-                return query(url, "SELECT count(*) FROM outbox WHERE state = 'pending'")[0][0] == 0
-
-            ok_drain = wait_for("the relays to drain", drained, timeout_s=240)
+            ok_drain = drain(url)
             codes = [relay.stop() for relay in relays]
+            keep_logs(Path(tmp), keep)
         rows = query(
             url,
-            "SELECT event_id::text, key, topic, state FROM outbox ORDER BY id",
+            "SELECT event_id::text, key, topic, state, id FROM outbox ORDER BY id",
         )
         innocent_skipped = query(
             url,
             "SELECT count(*) FROM outbox WHERE state = 'skipped' "
             f"AND octet_length(payload::text) < {POISON_BYTES}",
         )[0][0]
-        expected = [Expected(str(e), str(k), str(t)) for e, k, t, state in rows if state == "sent"]
-        skipped = {str(e) for e, _, _, state in rows if state == "skipped"}
+        sent = [row for row in rows if row[3] == "sent"]
+        expected = [Expected(str(e), str(k), str(t)) for e, k, t, _state, _id in sent]
+        #: Row ids by position in `expected`: what a disorder's positions are.
+        ids = [row[4] for row in sent]
+        skipped = {str(row[0]) for row in rows if row[3] == "skipped"}
         records = asyncio.run(
             consume(broker.bootstrap_servers, [topic], expected=len(expected), timeout_s=120)
         )
@@ -311,9 +355,9 @@ def run(mode: str, seconds: float, seed: int, rate: float, keys: int) -> bool:
         f"split {len(verdict.split_keys)} keys"
     )
     for key, positions in list(verdict.first_copy_disorder.items())[:3]:
-        print(f"  first copies of {key}: {positions[:20]}")
+        print(f"  first copies of {key} (row ids): {around_inversion(positions, ids)}")
     for key, positions in list(verdict.last_copy_disorder.items())[:3]:
-        print(f"  last copies of {key}: {positions[:20]}")
+        print(f"  last copies of {key} (row ids): {around_inversion(positions, ids)}")
     # Every fault that ends a relay's session opens one crash window: at most the
     # batches in flight then (one publishing, two being marked) come again.
     windows = sum(faults[f] for f in ("kill", "pg_restart_fast", "pg_restart_immediate"))
@@ -339,9 +383,20 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--rate", type=float, default=500.0, help="events per second")
     parser.add_argument("--keys", type=int, default=200)
+    parser.add_argument("--keep", type=Path, default=None, help="copy the logs here")
+    parser.add_argument("--log-level", default="info", help="the relays' --log-level")
     options = parser.parse_args()
     seed = options.seed if options.seed is not None else random.SystemRandom().randrange(10**6)
-    sys.exit(0 if run(options.mode, options.seconds, seed, options.rate, options.keys) else 1)
+    clean = run(
+        options.mode,
+        options.seconds,
+        seed,
+        options.rate,
+        options.keys,
+        keep=options.keep,
+        log_level=options.log_level,
+    )
+    sys.exit(0 if clean else 1)
 
 
 if __name__ == "__main__":

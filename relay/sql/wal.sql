@@ -72,9 +72,6 @@ SELECT pg_current_wal_insert_lsn()::text
 -- committed before: the hand-over rule between the table and the stream.
 SELECT pg_current_wal_insert_lsn()::text, pg_current_snapshot()::text
 
--- name: current_snapshot
-SELECT pg_current_snapshot()::text
-
 -- name: pending_rows
 -- The hand-over and the fallback after a lost slot: the table is the truth.
 SELECT id, event_id::text, topic, key, payload::text, payload_bytes, headers::text,
@@ -102,13 +99,28 @@ SELECT id, key FROM {outbox} WHERE state = 'parked'
 UPDATE {outbox} SET state = 'sent', sent_at = now()
 WHERE id = ANY(%(ids)s::bigint[]) AND state = 'pending'
 
--- name: existing_rows
--- After a mark that matched fewer rows than it was given: which of them this session
--- sees at all (the others' transactions may not be visible yet).
-SELECT id FROM {outbox} WHERE id = ANY(%(ids)s::bigint[])
+-- name: mark_sent_seen
+-- After a mark that matched fewer rows than it was given: mark again, and say which rows
+-- this statement marked and the snapshot it ran in (one statement, one snapshot: a
+-- second statement may see a commit the mark did not, and a pending row would pass for
+-- settled). A row the snapshot's transactions include and the mark missed is settled.
+WITH marked AS (
+    UPDATE {outbox} SET state = 'sent', sent_at = now()
+    WHERE id = ANY(%(ids)s::bigint[]) AND state = 'pending'
+    RETURNING id
+)
+SELECT ARRAY(SELECT id FROM marked), pg_current_snapshot()::text
 
 -- name: delete_sent
 DELETE FROM {outbox} WHERE id = ANY(%(ids)s::bigint[]) AND state = 'pending'
+
+-- name: delete_sent_seen
+-- As mark_sent_seen, for --on-sent delete.
+WITH deleted AS (
+    DELETE FROM {outbox} WHERE id = ANY(%(ids)s::bigint[]) AND state = 'pending'
+    RETURNING id
+)
+SELECT ARRAY(SELECT id FROM deleted), pg_current_snapshot()::text
 
 -- name: record_failure
 UPDATE {outbox} SET attempts = attempts + 1, last_error = %(error)s

@@ -12,6 +12,12 @@ these objects what to do (psycopg's ``generators.py`` / ``waiting.py`` split).
   PostgreSQL restart or a lost leadership session: the table says what was sent.
 * `AckTracker` says which WAL position the slot may confirm. It keeps one entry per
   transaction that still has events to settle, never one per zero-event transaction.
+* `unseen_rows` reads the result of a mark: which rows it missed because their
+  transaction is not visible yet (to retry), as opposed to rows settled otherwise.
+* `Unmarked` keeps the sent events whose mark found no visible row yet, until a mark
+  finds it: only then do their transactions count as settled.
+* `released_front` orders a release sweep's rows with the released keys' events still
+  queued: per key in outbox order, ahead of the rest.
 * `parked_copy` shrinks content that cannot be parked as it is (over the outbox's
   payload limit) into a copy that can, with its size and digest.
 """
@@ -21,7 +27,10 @@ from __future__ import annotations
 import collections
 import dataclasses
 import hashlib
+from collections.abc import Callable, Collection, Iterable
 from typing import Final
+
+from relay.events import OutboxEvent
 
 #: 2**32: pgoutput's xids are 32 bits, ``pg_snapshot`` values are 64 (epoch, xid).
 _XID_SPAN: Final = 1 << 32
@@ -193,6 +202,94 @@ class AckTracker:
         self._open.clear()
         self._by_commit.clear()
         self._pending_events = 0
+
+
+def unseen_rows(
+    ids: Iterable[int],
+    marked: Collection[int],
+    snapshot: Snapshot,
+    xid_of: Callable[[int], int | None],
+) -> set[int]:
+    """The rows of `ids` a mark missed because their transaction is not visible yet.
+
+    `marked` are the rows the mark changed and `snapshot` the snapshot *the mark itself*
+    ran in (one statement: a snapshot read by a later statement may see a commit the
+    mark did not, and the row would pass for settled while it is still pending). A row
+    the mark missed whose transaction the snapshot sees was settled otherwise (marked
+    before, skipped, deleted): it is done. `xid_of` gives a row's (32-bit) xid, or None
+    when unknown: a swept row, read in a snapshot that saw it, so it is visible.
+    """
+    unseen = set()
+    for id_ in ids:
+        if id_ in marked:
+            continue
+        xid = xid_of(id_)
+        if xid is not None and not snapshot.sees(xid):
+            unseen.add(id_)
+    return unseen
+
+
+class Unmarked:
+    """Sent events whose row a mark did not see yet (`unseen_rows`), until one does.
+
+    Their transactions stay unconfirmed meanwhile: the tracker counts an event done only
+    when `settle` hands it back. A mark awaits the database, and two may run at once
+    (the status task's retry and an acknowledgement's): `settle` hands back only events
+    that were `tried` by that mark and are still waiting, so none is counted twice, none
+    added meanwhile passes for marked, and none comes back after `clear` (a reconnect:
+    the new stream's tracker does not know them).
+    """
+
+    def __init__(self) -> None:
+        self._events: list[OutboxEvent] = []
+
+    def __len__(self) -> int:
+        return len(self._events)
+
+    def add(self, events: Iterable[OutboxEvent]) -> None:
+        """Events whose mark missed their row (its transaction is not visible yet)."""
+        self._events.extend(events)
+
+    def to_retry(self) -> list[OutboxEvent]:
+        """The events waiting, to mark again."""
+        return list(self._events)
+
+    def settle(self, tried: Iterable[OutboxEvent], missing: Collection[int]) -> list[OutboxEvent]:
+        """Of the `tried` events, those now marked (their id not `missing`); they go."""
+        tried_now = {id(event) for event in tried}
+        done = [e for e in self._events if id(e) in tried_now and e.id not in missing]
+        if done:
+            gone = {id(event) for event in done}
+            self._events = [event for event in self._events if id(event) not in gone]
+        return done
+
+    def clear(self) -> None:
+        """Forget them (a reconnect: the table and the new stream say what is due)."""
+        self._events.clear()
+
+
+def released_front(
+    queued: Iterable[OutboxEvent], swept: Iterable[OutboxEvent], keys: frozenset[str]
+) -> tuple[list[OutboxEvent], list[OutboxEvent]]:
+    """What goes in front of the queue after a release sweep, and the queue behind it.
+
+    The sweep read the released `keys`' pending rows, ahead of everything queued (they
+    are older than what waited behind them). But rows of those keys decoded before the
+    key was parked may still be queued (not fetched yet, so never held), and the sweep
+    also read rows the stream has not decoded yet, newer than those. So the queued rows
+    of the released keys join the swept ones, all in id order (outbox order per key);
+    every other event keeps its place. Table-less events (id 0) stay where they are.
+    """
+    moved: list[OutboxEvent] = []
+    rest: list[OutboxEvent] = []
+    for event in queued:
+        (moved if event.id and event.key in keys else rest).append(event)
+    front = sorted([*swept, *moved], key=_row_id)
+    return front, rest
+
+
+def _row_id(event: OutboxEvent) -> int:
+    return event.id
 
 
 def parked_copy(content: bytes | None, limit: int) -> tuple[bytes | None, str]:

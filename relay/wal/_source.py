@@ -127,7 +127,15 @@ from relay.slot import (
 from relay.slot import names as slot_names
 from relay.source import Backlog
 from relay.sql import query
-from relay.wal._core import AckTracker, HandOver, Snapshot, parked_copy
+from relay.wal._core import (
+    AckTracker,
+    HandOver,
+    Snapshot,
+    Unmarked,
+    parked_copy,
+    released_front,
+    unseen_rows,
+)
 
 log = structlog.get_logger("relay.wal")
 
@@ -664,7 +672,10 @@ class WalSource:
         #: stream's tracker: counting them in the new one would confirm a replayed
         #: transaction before its own copies settle.
         self._stale: dict[int, OutboxEvent] = {}
+        #: The tracker of the stream the stale events came from (it knows their xids).
+        self._stale_tracker: AckTracker | None = None
         self._reader: asyncio.Task[None] | None = None
+        self._reconnecting: asyncio.Task[None] | None = None
         self._side_tasks: list[asyncio.Task[None]] = []
         self._broken: BaseException | None = None
         self._has_events = asyncio.Event()
@@ -676,7 +687,7 @@ class WalSource:
         self._decoder.handovers = self._handovers
         #: Sent events whose mark found no row yet (their transaction was decoded but is
         #: not visible yet): their transactions stay unconfirmed until a mark finds them.
-        self._unmarked: list[OutboxEvent] = []
+        self._unmarked = Unmarked()
         self._parked_ids: set[int] = set()
         self._parked_keys: set[str] = set()
         self._parked_checked_s = 0.0
@@ -728,6 +739,11 @@ class WalSource:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._side_tasks = []
+        reconnecting = self._reconnecting
+        if reconnecting is not None:
+            reconnecting.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await reconnecting
         with contextlib.suppress(ReplicationError):
             self._send_status(force=True)
         try:
@@ -753,9 +769,13 @@ class WalSource:
             or sweep_conn.broken
             or (self._broken is not None and not self._queue)
         ):
-            await self._reconnect()
-        if self._sweep_state is not None and len(self._queue) < 2 * max_events:
-            await self._continue_sweep()
+            await self._reconnect_shielded()
+        if self._sweep_state is not None:
+            # Never a release sweep meanwhile: it would take over the sweep's state and
+            # transaction, and the rest of this sweep's rows (the stream drops them: its
+            # snapshot saw them) would never be queued. Releases are noticed after it.
+            if len(self._queue) < 2 * max_events:
+                await self._continue_sweep()
         elif self._track_rows and time.monotonic() - self._parked_checked_s > PARKED_REFRESH_S:
             await self._refresh_parked()
         queue = self._queue
@@ -826,7 +846,7 @@ class WalSource:
                 events=len(unmarked),
                 first_id=unmarked[0].id,
             )
-            self._unmarked.extend(unmarked)
+            self._unmarked.add(unmarked)
             sent = [event for event in sent if event.id not in missing]
         done = self._settled_per_transaction(sent)
         for failed in acknowledgement.failed:
@@ -847,13 +867,12 @@ class WalSource:
 
     async def _settle_in_table(self, acknowledgement: Acknowledgement) -> set[int]:
         """Mark the sent rows, record the failures; the ids of sent rows not visible yet."""
-        sent = acknowledgement.sent
-        ids = [event.id for event in sent if event.id]
+        sent = [event for event in acknowledgement.sent if event.id]
         missing: set[int] = set()
         if self._unmarked:
             await self._retry_unmarked()
-        if ids and self._track_rows:
-            missing = await self._mark(ids)
+        if sent and self._track_rows:
+            missing = await self._mark(sent)
         # The lock keeps a reconnect (fetch runs beside us) from closing the
         # connection under a statement, which would then wait forever.
         async with self._conn_lock:
@@ -864,67 +883,58 @@ class WalSource:
             missing = await self._wait_visible(sent, missing)
         return missing
 
-    async def _mark(self, ids: Sequence[int]) -> set[int]:
-        """Mark (or delete) the rows of sent events; the ids of rows this session misses.
+    async def _mark(self, events: Sequence[OutboxEvent]) -> set[int]:
+        """Mark (or delete) the rows of sent events; the ids of rows not visible yet.
 
-        The hot path is one statement and its row count; only a short count reads which
-        rows are there (marked or deleted rows not visible as such are settled later by
-        `_wait_visible`'s snapshot check).
+        The hot path is one statement and its row count. When it changed fewer rows
+        than it was given, a second statement marks again and returns what it marked
+        and the snapshot it ran in: `relay.wal._core.unseen_rows` tells the rows whose
+        transaction is not visible yet from those settled otherwise.
         """
-        name = "delete_sent" if self._settings.on_sent is OnSent.DELETE else "mark_sent"
-        array = id_array(ids)
+        delete = self._settings.on_sent is OnSent.DELETE
+        array = id_array([event.id for event in events])
         async with self._conn_lock:
             conn = self._require_conn()
+            name = "delete_sent" if delete else "mark_sent"
             cursor = await conn.execute(query("wal", name, self._names), {"ids": array})
-            if cursor.rowcount >= len(ids):
+            if cursor.rowcount >= len(events):
                 return set()
-            cursor = await conn.execute(query("wal", "existing_rows", self._names), {"ids": array})
-            existing = {row[0] for row in await cursor.fetchall()}
-        if self._settings.on_sent is OnSent.DELETE:
-            existing = set()  # a row deleted just now is gone too: the snapshot decides
-        return {id_ for id_ in ids if id_ not in existing}
+            name = "delete_sent_seen" if delete else "mark_sent_seen"
+            cursor = await conn.execute(query("wal", name, self._names), {"ids": array})
+            row = await cursor.fetchone()
+        assert row is not None  # noqa: S101 - one row, always
+        xids = {event.id: self._xid_of(event) for event in events}
+        return unseen_rows(xids, set(row[0]), Snapshot.parse(row[1]), xids.get)
+
+    def _xid_of(self, event: OutboxEvent) -> int | None:
+        """The xid of a streamed event's transaction (None for a swept row)."""
+        if not event.lsn:
+            return None
+        if self._stale_tracker is not None and id(event) in self._stale:
+            return self._stale_tracker.xid_of(event.lsn)
+        return self._tracker.xid_of(event.lsn)
 
     async def _wait_visible(self, sent: Sequence[OutboxEvent], missing: set[int]) -> set[int]:
         """Retry the mark of rows it missed for a while; the ids still not visible.
 
         A transaction is decoded and streamed once its commit record is flushed, but
         other sessions see it only later (after a synchronous standby confirmed it, and
-        for a short moment always): a mark then matches no row. A row whose transaction
-        is visible and that the mark still misses was settled otherwise (an operator's
-        skip, a delete): it is done.
+        for a short moment always): a mark then matches no row.
         """
         deadline = time.monotonic() + MARK_VISIBLE_WAIT_S
         while missing and time.monotonic() < deadline:
             await asyncio.sleep(MARK_RETRY_S)
-            missing = await self._mark(sorted(missing))
-        if not missing:
-            return missing
-        async with self._conn_lock:
-            cursor = await self._require_conn().execute(query("wal", "current_snapshot", {}))
-            row = await cursor.fetchone()
-        assert row is not None  # noqa: S101 - one row, always
-        snapshot = Snapshot.parse(row[0])
-        tracker = self._tracker
-        invisible = set()
-        for event in sent:
-            if event.id in missing:
-                xid = tracker.xid_of(event.lsn) if event.lsn else None
-                if xid is not None and not snapshot.sees(xid):
-                    invisible.add(event.id)
-        return invisible
+            missing = await self._mark([event for event in sent if event.id in missing])
+        return missing
 
     async def _retry_unmarked(self) -> None:
         """Mark the sent events whose rows were not visible; count those done."""
-        unmarked = self._unmarked
-        missing = await self._mark(sorted({event.id for event in unmarked}))
-        if missing:
-            missing = await self._wait_visible(unmarked, missing)
-        done = [event for event in unmarked if event.id not in missing]
+        tried = self._unmarked.to_retry()
+        done = self._unmarked.settle(tried, await self._mark(tried))
         if not done:
             return
-        self._unmarked = [event for event in unmarked if event.id in missing]
         log.info("sent events marked once visible", events=len(done))
-        for lsn, count in collections.Counter(map(_lsn_of, done)).items():
+        for lsn, count in self._settled_per_transaction(done).items():
             if lsn:
                 self._tracker.done(lsn, count)
 
@@ -1060,9 +1070,9 @@ class WalSource:
 
         The rows are read in chunks as the loop consumes them, in one REPEATABLE READ
         transaction; the stream waits until the last chunk is queued, so every swept row
-        goes before what the stream brings. With `front`, the rows go all at once ahead
-        of what is queued (released rows are older than anything in the queue), and only
-        the rows of the released `keys` are read.
+        goes before what the stream brings. With `front`, only the rows of the released
+        `keys` are read, and they go all at once ahead of what is queued, together with
+        those keys' events still queued, in outbox order (`relay.wal._core.released_front`).
         """
         conn = self._sweep_conn
         assert conn is not None  # noqa: S101 - connected by the caller
@@ -1092,7 +1102,11 @@ class WalSource:
             swept: list[OutboxEvent] = []
             while await self._sweep_chunk(swept):
                 pass
-            self._queue.extendleft(reversed(swept))
+            # No await from here on: the queue is rebuilt in one step.
+            ahead, behind = released_front(self._queue, swept, keys or frozenset())
+            self._queue.clear()
+            self._queue.extend(ahead)
+            self._queue.extend(behind)
         else:
             await self._sweep_chunk(self._queue)
         if self._queue:
@@ -1222,6 +1236,28 @@ class WalSource:
             0,
         )
 
+    async def _reconnect_shielded(self) -> None:
+        """Reconnect in a task of its own that a cancelled fetch does not cut short.
+
+        A fetch ahead is cancelled whenever an acknowledgement fails, which a reconnect
+        (it closes the connections) causes: a reconnect cut short left the state half
+        reset (an open sweep, the old tracker, a stream never started). The next fetch
+        waits for the same task.
+        """
+        task = self._reconnecting
+        if task is None:
+            task = asyncio.create_task(self._reconnect(), name="wal-reconnect")
+            task.add_done_callback(self._reconnect_ended)
+            self._reconnecting = task
+        await asyncio.shield(task)
+
+    def _reconnect_ended(self, task: asyncio.Task[None]) -> None:
+        self._reconnecting = None
+        error = None if task.cancelled() else task.exception()
+        if error is not None:
+            # Retrieved here too: when no fetch waited for it, the next one retries.
+            log.debug("reconnecting failed", error=first_line(error))
+
     async def _reconnect(self) -> None:
         if self._broken is not None:
             log.warning("replication stream broke; reconnecting", error=first_line(self._broken))
@@ -1235,6 +1271,7 @@ class WalSource:
         # but not yet confirmed come twice).
         fetched = self._fetched
         self._stale = {}
+        self._stale_tracker = self._tracker
         for event in fetched.events:
             if event.lsn and id(event) not in fetched.settled:
                 self._stale[id(event)] = event

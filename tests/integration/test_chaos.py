@@ -31,11 +31,16 @@ def chaos(mode: str, seed: int, seconds: int = 20) -> subprocess.CompletedProces
 
 
 # 2: kills, blackholes, a terminated session; 7: immediate and fast restarts, kills.
-# WAL mode is not in this list yet: `bench/chaos.py --mode wal --seed 2` still finds
-# published rows left pending after a terminated replication session (README, Known
-# limits); it joins when that seed passes.
-@pytest.mark.parametrize(("mode", "seed"), [("poll", 2), ("poll", 7)])
-def test_the_relay_survives_seeded_chaos(mode: str, seed: int) -> None:
-    result = chaos(mode, seed=seed)
+# WAL seed 2 found a mark that took a row whose commit turned visible just after it for
+# settled (rows left pending, the slot confirmed past them; swept again after the
+# terminated replication session, behind newer events of their keys).
+# The WAL runs are cut short to keep the suite's time: 17 s still includes seed 2's
+# terminated session (at 16.4 s), 12 s seed 7's restarts of both kinds.
+@pytest.mark.parametrize(
+    ("mode", "seed", "seconds"),
+    [("poll", 2, 20), ("poll", 7, 20), ("wal", 2, 17), ("wal", 7, 12)],
+)
+def test_the_relay_survives_seeded_chaos(mode: str, seed: int, seconds: int) -> None:
+    result = chaos(mode, seed=seed, seconds=seconds)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert f"OK: seed {seed}" in result.stdout

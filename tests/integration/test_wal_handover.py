@@ -17,6 +17,10 @@ import pytest
 from relay import migrate
 from relay._embedded import EmbeddedPostgres
 from relay.config import Settings
+from relay.events import Acknowledgement, FailedEvent, PublishFailure
+from relay.wal import WalSource
+from relay.wal import _source as wal_source
+from tests.integration.test_wal_confirm import fetch_some, fetch_until
 from tests.integration.test_wal_relay import (
     insert_events,
     running_relay,
@@ -143,6 +147,132 @@ async def test_a_commit_streamed_before_it_is_visible_is_marked_once_it_is(
         admin.close()
     records = await consume(settings.bootstrap_servers, [topic], expected=2, idle_s=1)
     assert_delivered(records, outbox_rows(cluster.url))
+
+
+def relay_waits_for_a_lock(url: str) -> bool:
+    with psycopg.connect(url, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity "
+            "WHERE application_name = 'outbox-relay wal' AND wait_event_type = 'Lock'"
+        ).fetchone()
+    return row is not None and row[0] == 1
+
+
+async def test_a_commit_that_becomes_visible_during_the_mark_is_not_taken_for_settled(
+    settings: Settings, topic: str, cluster: EmbeddedPostgres
+) -> None:
+    """Chaos seed 2: a mark missed a row whose commit became visible just after it.
+
+    The mark's UPDATE ran in a snapshot that did not see row B's commit yet (streamed,
+    not visible); the statement after it, which read which rows exist, did see it, so B
+    passed for settled: it stayed pending forever and the slot confirmed past it. Here
+    the window is held open: the UPDATE waits for a row lock on A while B's commit
+    becomes visible.
+    """
+    settings = wal_settings(settings, database_url=cluster.url)
+    admin = psycopg.connect(cluster.url, autocommit=True)
+    locker = psycopg.connect(cluster.url)
+    source = WalSource(settings)
+    await source.start()
+    try:
+        insert_events(cluster.url, topic, ["a"])
+        admin.execute("ALTER SYSTEM SET synchronous_standby_names = 'nosuchstandby'")
+        admin.execute("SELECT pg_reload_conf()")
+        committing = threading.Thread(target=write_and_wait, args=(cluster.url, topic))
+        committing.start()
+        fetched = await fetch_some(source, 2)
+        if len(fetched) < 2:
+            fetched += await fetch_some(source, 1)
+        assert [event.id for event in fetched] == [1, 2]
+        locker.execute("SELECT id FROM outbox WHERE id = 1 FOR UPDATE")
+        acknowledging = asyncio.create_task(
+            source.acknowledge(Acknowledgement(sent=tuple(fetched)))
+        )
+        await wait_until(lambda: relay_waits_for_a_lock(cluster.url), 10)
+        # B's commit becomes visible while the mark's UPDATE waits (in its snapshot B's
+        # transaction is still running).
+        admin.execute(
+            "SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE wait_event = 'SyncRep'"
+        )
+        committing.join(10)
+        assert not committing.is_alive()
+        admin.execute("ALTER SYSTEM RESET synchronous_standby_names")
+        admin.execute("SELECT pg_reload_conf()")
+        locker.rollback()
+        await asyncio.wait_for(acknowledging, 10)
+        await wait_until(lambda: states(cluster.url) == {"sent": 2}, 5)
+    finally:
+        await source.stop()
+        locker.close()
+        admin.execute("ALTER SYSTEM RESET synchronous_standby_names")
+        admin.execute("SELECT pg_reload_conf()")
+        admin.close()
+
+
+async def test_a_release_during_the_start_up_sweep_does_not_cut_the_sweep_short(
+    settings: Settings, topic: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Chaos seed 2 at 500 events/s: a release noticed while the start-up sweep still had
+    chunks to read took over its state and transaction; the rest of its rows (dropped by
+    the stream: the sweep's snapshot saw them) were never published by the running relay.
+    """
+    monkeypatch.setattr(wal_source, "SWEEP_CHUNK", 20)
+    monkeypatch.setattr(wal_source, "PARKED_REFRESH_S", 0.2)
+    settings = wal_settings(settings)
+    url = settings.database_url
+    with psycopg.connect(url) as conn:
+        conn.execute(
+            "INSERT INTO outbox (topic, key, payload) VALUES (%s, 'p', %s)",
+            (topic, json.dumps({"n": -1, "key": "p"})),
+        )
+        conn.execute("UPDATE outbox SET state = 'parked', parked_at = now(), last_error = 'x'")
+        conn.commit()
+    insert_events(url, topic, [f"k{i % 10}" for i in range(100)], per_transaction=10)
+    source = WalSource(settings)
+    await source.start()
+    try:
+        first = await fetch_some(source, 5)  # the sweep queued its first chunk only
+        await source.acknowledge(Acknowledgement(sent=tuple(first)))
+        with psycopg.connect(url) as conn:  # an operator's retry
+            conn.execute("UPDATE outbox SET state = 'pending', parked_at = NULL WHERE id = 1")
+        await asyncio.sleep(0.3)  # past the parked rows' refresh
+        rest = await fetch_until(source, 101 - len(first), timeout_s=10)
+    finally:
+        await source.stop()
+    assert sorted(event.id for event in [*first, *rest]) == list(range(1, 102))
+    assert states(url) == {"sent": 101}
+
+
+async def test_a_release_never_puts_a_keys_newer_rows_ahead_of_its_queued_ones(
+    settings: Settings, topic: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Chaos seed 2 at 500 events/s: the release sweep went in front of the queue with
+    rows the stream had not decoded yet, ahead of older events of the same key still
+    queued (decoded before the key was parked): first copies out of order.
+    """
+    monkeypatch.setattr(wal_source, "PARKED_REFRESH_S", 0.2)
+    # One event decoded ahead: the rest of the WAL waits, as it does behind a backlog.
+    monkeypatch.setattr(wal_source, "MAX_QUEUED_EVENTS", 1)
+    settings = wal_settings(settings)
+    url = settings.database_url
+    source = WalSource(settings)
+    await source.start()
+    try:
+        insert_events(url, topic, ["k", "k"])  # rows 1 (to be parked) and 2
+        poison = await fetch_some(source, 1)
+        assert [event.id for event in poison] == [1]
+        failure = PublishFailure(error="RecordTooLarge", retriable=False)
+        parked = FailedEvent(poison[0], failure, attempts=2, park=True)
+        await source.acknowledge(Acknowledgement(sent=(), failed=(parked,)))
+        await wait_until(lambda: len(source._queue) == 1)  # row 2, decoded before the park
+        insert_events(url, topic, ["k"], start=2)  # row 3: committed, not decoded yet
+        with psycopg.connect(url) as conn:  # an operator's retry
+            conn.execute("UPDATE outbox SET state = 'pending', parked_at = NULL WHERE id = 1")
+        await asyncio.sleep(0.3)  # past the parked rows' refresh
+        got = await fetch_until(source, 3, timeout_s=10)
+    finally:
+        await source.stop()
+    assert [event.id for event in got] == [1, 2, 3]
 
 
 async def test_a_release_after_the_sweep_connection_died_still_publishes_the_key(

@@ -18,7 +18,9 @@ from hypothesis.stateful import (
     rule,
 )
 
+from relay.events import OutboxEvent
 from relay.wal import AckTracker, HandOver, Snapshot, parked_copy
+from relay.wal._core import Unmarked, released_front, unseen_rows
 
 XID_SPAN = 1 << 32
 
@@ -221,6 +223,152 @@ TestHandOver = HandOverMachine.TestCase
 TestHandOver.settings = settings(max_examples=200, stateful_step_count=30, deadline=None)
 
 
+# --- Marking: the rows a mark missed ------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Streamed:
+    xid: int
+    commit_lsn: int
+    rows: list[int]
+    visible: bool = False
+
+
+def row_event(id_: int, commit_lsn: int) -> OutboxEvent:
+    return OutboxEvent(
+        id=id_, event_id=f"e{id_}", topic="t", key=None, value=None, headers=(), lsn=commit_lsn
+    )
+
+
+class MarkMachine(RuleBasedStateMachine):
+    """Commits are streamed before they are visible; marks run at any moment in between.
+
+    The model is the table (each row pending, sent or skipped) and which commits other
+    sessions see. A mark changes the visible pending rows it is given, in one snapshot;
+    `unseen_rows` says which misses to retry (`Unmarked`), and only the others count as
+    settled in the `AckTracker`. A retry of the unmarked rows awaits the database: other
+    acknowledgements may run between its statement and its result. The slot must never
+    confirm past a row still pending, a pending row is always in flight or waiting to be
+    marked again (never forgotten), and nothing already marked waits (bounded).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tracker = AckTracker(confirmed=10)
+        self.next_xid = XID_SPAN - 3  # across the 32-bit wraparound
+        self.lsn = 100
+        self.txns: list[Streamed] = []
+        self.state: dict[int, str] = {}
+        self.txn_of: dict[int, Streamed] = {}
+        self.in_flight: list[OutboxEvent] = []
+        self.unmarked = Unmarked()
+        #: A retry whose statement ran and whose result is not applied yet.
+        self.retrying: tuple[list[OutboxEvent], set[int]] | None = None
+        self.next_id = 1
+
+    @rule(count=st.integers(1, 3))
+    def commit(self, count: int) -> None:
+        rows = list(range(self.next_id, self.next_id + count))
+        self.next_id += count
+        txn = Streamed(self.next_xid, self.lsn, rows)
+        self.next_xid += 1
+        self.lsn += 16
+        self.txns.append(txn)
+        for row in rows:
+            self.state[row] = "pending"
+            self.txn_of[row] = txn
+        self.tracker.add(txn.commit_lsn, txn.commit_lsn + 8, count, xid=txn.xid % XID_SPAN)
+        self.in_flight.extend(row_event(row, txn.commit_lsn) for row in rows)
+
+    @rule(data=st.data())
+    def becomes_visible(self, data: st.DataObject) -> None:
+        hidden = [txn for txn in self.txns if not txn.visible]
+        if hidden:
+            data.draw(st.sampled_from(hidden)).visible = True
+
+    @rule(data=st.data())
+    def operator_skips(self, data: st.DataObject) -> None:
+        visible = [r for r, s in self.state.items() if s == "pending" and self.txn_of[r].visible]
+        if visible:
+            self.state[data.draw(st.sampled_from(visible))] = "skipped"
+
+    def snapshot(self) -> Snapshot:
+        hidden = sorted(txn.xid for txn in self.txns if not txn.visible)
+        xmin = hidden[0] if hidden else self.next_xid
+        return Snapshot(xmin, self.next_xid, frozenset(hidden))
+
+    def mark(self, events: list[OutboxEvent]) -> set[int]:
+        """The mark statement: its changes and the rows it missed unseen, one snapshot."""
+        snapshot = self.snapshot()
+        marked = set()
+        for event in events:
+            if self.state[event.id] == "pending" and self.txn_of[event.id].visible:
+                self.state[event.id] = "sent"
+                marked.add(event.id)
+        xids = {event.id: self.tracker.xid_of(event.lsn) for event in events}
+        return unseen_rows(xids, marked, snapshot, xids.get)
+
+    def count_done(self, events: list[OutboxEvent]) -> None:
+        for event in events:
+            self.tracker.done(event.lsn)
+
+    @rule(count=st.integers(1, 4))
+    def acknowledge(self, count: int) -> None:
+        batch, self.in_flight = self.in_flight[:count], self.in_flight[count:]
+        if batch:
+            unseen = self.mark(batch)
+            self.unmarked.add(event for event in batch if event.id in unseen)
+            self.count_done([event for event in batch if event.id not in unseen])
+
+    @precondition(lambda self: self.unmarked and self.retrying is None)
+    @rule()
+    def retry_runs_its_statement(self) -> None:
+        tried = self.unmarked.to_retry()
+        self.retrying = (tried, self.mark(tried))
+
+    @precondition(lambda self: self.retrying is not None)
+    @rule()
+    def retry_gets_its_result(self) -> None:
+        assert self.retrying is not None
+        tried, missing = self.retrying
+        self.retrying = None
+        self.count_done(self.unmarked.settle(tried, missing))
+
+    @invariant()
+    def never_confirmed_past_a_pending_row(self) -> None:
+        confirmed = self.tracker.confirmable()
+        for id_, state in self.state.items():
+            if state == "pending":
+                assert confirmed < self.txn_of[id_].commit_lsn
+
+    @invariant()
+    def no_pending_row_forgotten_and_bounded(self) -> None:
+        waiting = {event.id for event in self.in_flight + self.unmarked.to_retry()}
+        pending = {id_ for id_, state in self.state.items() if state == "pending"}
+        assert pending <= waiting
+        if self.retrying is None:
+            # What waits to be marked again is never a row already marked.
+            assert all(self.state[event.id] != "sent" for event in self.unmarked.to_retry())
+        assert self.tracker.pending_events == len(self.in_flight) + len(self.unmarked)
+
+    def teardown(self) -> None:
+        if self.retrying is not None:
+            self.retry_gets_its_result()
+        for txn in self.txns:
+            txn.visible = True
+        self.acknowledge(len(self.in_flight))
+        if self.unmarked:
+            self.retry_runs_its_statement()
+            self.retry_gets_its_result()
+        assert not self.unmarked
+        assert "pending" not in self.state.values()
+        assert self.tracker.confirmable() == (self.txns[-1].commit_lsn + 8 if self.txns else 10)
+
+
+TestMark = MarkMachine.TestCase
+TestMark.settings = settings(max_examples=150, stateful_step_count=40, deadline=None)
+
+
 # --- Snapshots and parking -------------------------------------------------------------------
 
 
@@ -263,6 +411,40 @@ def test_a_release_hand_over_covers_only_its_keys() -> None:
     assert not handover.covers("j")
     assert not handover.covers(None)
     assert HandOver().covers(None)
+
+
+@given(
+    queued=st.lists(st.tuples(st.sampled_from("abcd"), st.booleans()), max_size=12),
+    swept=st.lists(st.sampled_from("ab"), max_size=8),
+)
+def test_a_release_front_keeps_every_keys_outbox_order(
+    queued: list[tuple[str, bool]], swept: list[str]
+) -> None:
+    """Queued events (some table-less), then swept rows of released keys a and b.
+
+    Ids grow in outbox order: the swept rows are either older than everything queued
+    (released) or newer (not decoded yet), and never already queued.
+    """
+    events = []
+    for n, (key, table_less) in enumerate(queued):
+        events.append(row_event(0 if table_less else 100 + n, 1))
+        events[-1] = dataclasses.replace(events[-1], key=key)
+    rows = [
+        dataclasses.replace(row_event(n if n % 2 else 500 + n, 0), key=key)
+        for n, key in enumerate(swept, 1)
+    ]
+    keys = frozenset("ab")
+    front, rest = released_front(events, rows, keys)
+    out = front + rest
+    assert sorted(map(id, out)) == sorted(map(id, events + rows))  # nothing lost or doubled
+    for key in "abcd":
+        of_key = [event for event in out if event.key == key and event.id]
+        if key in keys:
+            assert [e.id for e in of_key] == sorted(e.id for e in of_key)
+        else:  # other keys keep their order and their place behind
+            assert of_key == [e for e in events if e.key == key and e.id]
+    assert [e for e in out if not e.id] == [e for e in events if not e.id]
+    assert all(e in rest for e in events if e.key not in keys or not e.id)
 
 
 def test_content_over_the_limit_is_parked_truncated_with_size_and_digest() -> None:
