@@ -184,10 +184,12 @@ class RelayLoop:
                 try:
                     batch = await self._fetched(prefetch or self._fetch())
                 except DatabaseError as exc:
+                    self._turned()
                     await self._recover("fetch", exc, stopping)
                     continue
                 finally:
                     prefetch = None
+                self._turned()
                 self._health.database_answered(None)
                 if not batch:
                     await self._idle(stopping)
@@ -213,6 +215,10 @@ class RelayLoop:
                 log.warning("last acknowledgement failed", error=str(exc))
             except TimeoutError:
                 log.warning("last acknowledgement timed out; its events stay pending")
+
+    def _turned(self) -> None:
+        """A fetch ended: the loop is not wedged; what the source says of its connections."""
+        self._health.loop_turned(self._monotonic(), self._source.connection_problems())
 
     def _fetch(self) -> asyncio.Task[Sequence[OutboxEvent]]:
         return asyncio.create_task(self._source.fetch(self._config.batch_size), name="fetch")
