@@ -27,10 +27,12 @@ STALL_AFTER_S = 60.0
 #: Seconds a source's connection may be down before /readyz says so by itself: a
 #: replication stream that broke reconnects within about a second.
 CONNECTION_GRACE_S = 5.0
-#: Seconds without a turn of the leader's relay loop before /healthz fails. Above every
-#: bounded wait of one turn: a publish (the producer's delivery timeout, 120 s by
-#: default), a connection attempt, the longest backoff.
+#: Seconds without a turn of the leader's relay loop before /healthz fails, at least.
+#: Above every bounded wait of one turn: a publish (a few producer request timeouts,
+#: 30 s each by default), a connection attempt (10 s), the longest backoff (10 s).
 WEDGED_AFTER_S = 300.0
+#: ...or this many producer request timeouts, when longer (see `wedged_after_s`).
+WEDGE_REQUEST_TIMEOUTS = 10
 
 
 @dataclasses.dataclass(slots=True)
@@ -146,6 +148,15 @@ class Health:
         if self.database_connected and now_s - problem.since_s <= CONNECTION_GRACE_S:
             return ""
         return _because(f"{name} connection down", problem.error)
+
+
+def wedged_after_s(kafka_request_timeout_s: float) -> float:
+    """The wedge bound for a producer request timeout: above a publish's longest wait.
+
+    One publish may wait for a fresh producer, a metadata request and a few sends (a
+    batch split in halves), each up to the request timeout.
+    """
+    return max(WEDGED_AFTER_S, WEDGE_REQUEST_TIMEOUTS * kafka_request_timeout_s)
 
 
 def broker_probe_due(*, publisher_started: bool, leader: bool, loop_idle: bool) -> bool:

@@ -13,7 +13,8 @@ import asyncio
 from collections.abc import Callable
 
 from relay.events import PublishFailure
-from relay.health import CONNECTION_GRACE_S, Health
+from relay.health import CONNECTION_GRACE_S, Health, wedged_after_s
+from relay.health import WEDGED_AFTER_S as WEDGED_AFTER_S_DEFAULT
 from relay.loop import LoopConfig, RelayLoop
 from relay.source import ConnectionProblem
 from relay.testing import InMemorySource, RecordingPublisher, make_event
@@ -123,3 +124,9 @@ async def test_the_sources_connection_problems_reach_readyz() -> None:
     finally:
         stop.set()
         await asyncio.wait_for(task, 5)
+
+
+def test_the_wedge_bound_outlasts_a_publish() -> None:
+    """A publish may wait several request timeouts: a slow broker is not a wedge."""
+    assert wedged_after_s(30.0) == WEDGED_AFTER_S_DEFAULT
+    assert wedged_after_s(120.0) > 4 * 120.0
