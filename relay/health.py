@@ -8,11 +8,13 @@ leader's source names the connection that is down (in WAL mode: the replication 
 the main or the sweep connection) once it has been down for `CONNECTION_GRACE_S`, or at
 once when a call through it failed.
 
-Alive (/healthz) means: not wedged. A leader is wedged when its relay loop has not come
-round (no fetch, publish or acknowledgement ended, failed or not) for `wedged_after_s`:
-a call that never returns, which only a restart ends. Every outage the relay retries by
-itself (the broker or PostgreSQL unreachable, a stall behind a failing event) keeps the
-loop turning: those make the relay not ready, never dead, as restarting would not help.
+Alive (/healthz) means: not wedged. A leader is wedged when its running relay loop has
+not come round (no fetch ended, failed or not) for `wedged_after_s`: a call that never
+returns, which only a restart ends. Starting the source is not counted: creating a slot
+waits for every transaction running then, however long, and a restart would wait again.
+Every outage the relay retries by itself (the broker or PostgreSQL unreachable, a stall
+behind a failing event) keeps the loop turning: those make the relay not ready, never
+dead, as restarting would not help.
 """
 
 from __future__ import annotations
@@ -52,8 +54,10 @@ class Health:
     broker_error: str = ""
     #: What the leader's source said about its connections when last asked.
     connection_problems: Mapping[str, ConnectionProblem] = dataclasses.field(default_factory=dict)
-    #: When the leader's relay loop last came round (or leadership began).
+    #: When the leader's relay loop last came round (or started).
     last_turn_s: float = dataclasses.field(default_factory=time.monotonic)
+    #: True while the leader's relay loop runs (its source started).
+    looping: bool = False
 
     def progressed(self, now_s: float) -> None:
         """Record that a batch was acknowledged, or that nothing was pending."""
@@ -67,10 +71,19 @@ class Health:
         """
         if leader and not self.leader:
             self.last_progress_s = now_s
-            self.last_turn_s = now_s
         if not leader:
             self.connection_problems = {}
+            self.looping = False
         self.leader = leader
+
+    def loop_started(self, now_s: float) -> None:
+        """Record that the leader's relay loop runs: from now on it must come round."""
+        self.looping = True
+        self.last_turn_s = now_s
+
+    def loop_ended(self) -> None:
+        """Record that the relay loop stopped (its shutdown is bounded by the caller)."""
+        self.looping = False
 
     def loop_turned(self, now_s: float, problems: Mapping[str, ConnectionProblem]) -> None:
         """Record one turn of the leader's loop, and its source's connection problems."""
@@ -133,7 +146,7 @@ class Health:
     def liveness(self, now_s: float) -> tuple[bool, str]:
         """Whether the relay is alive (not wedged), and why not when it is not."""
         waited = now_s - self.last_turn_s
-        if self.leader and waited > self.wedged_after_s:
+        if self.leader and self.looping and waited > self.wedged_after_s:
             return False, f"wedged: the relay loop has not come round for {waited:.0f} s"
         return True, "ok"
 

@@ -179,6 +179,7 @@ class RelayLoop:
         prefetch: asyncio.Task[Sequence[OutboxEvent]] | None = None
         gc_thresholds = gc.get_threshold()
         gc.set_threshold(max(GC_GEN0_THRESHOLD, gc_thresholds[0]), *gc_thresholds[1:])
+        self._health.loop_started(self._monotonic())
         try:
             while not stop.is_set():
                 try:
@@ -205,6 +206,7 @@ class RelayLoop:
                     prefetch = None
                     await self._retry_after(acknowledgement, stopping)
         finally:
+            self._health.loop_ended()
             gc.set_threshold(*gc_thresholds)
             stopping.cancel()
             if prefetch is not None:
