@@ -75,8 +75,10 @@ def route(method: str, target: str, metrics: Metrics, health: Health, now_s: flo
     if method not in {"GET", "HEAD"}:
         return Response(405, b"method not allowed: use GET\n")
     if path == "/healthz":
-        # Liveness: answering at all proves the event loop runs.
-        return Response(200, b"ok\n")
+        # Liveness: answering proves the event loop runs; the health says the relay loop
+        # is not wedged (see `Health.liveness`).
+        alive, reason = health.liveness(now_s)
+        return Response(200 if alive else 503, reason.encode() + b"\n")
     if path == "/readyz":
         ready, reason = health.readiness(now_s)
         return Response(200 if ready else 503, reason.encode() + b"\n")

@@ -179,15 +179,18 @@ class RelayLoop:
         prefetch: asyncio.Task[Sequence[OutboxEvent]] | None = None
         gc_thresholds = gc.get_threshold()
         gc.set_threshold(max(GC_GEN0_THRESHOLD, gc_thresholds[0]), *gc_thresholds[1:])
+        self._health.loop_started(self._monotonic())
         try:
             while not stop.is_set():
                 try:
                     batch = await self._fetched(prefetch or self._fetch())
                 except DatabaseError as exc:
+                    self._turned()
                     await self._recover("fetch", exc, stopping)
                     continue
                 finally:
                     prefetch = None
+                self._turned()
                 self._health.database_answered(None)
                 if not batch:
                     await self._idle(stopping)
@@ -203,6 +206,7 @@ class RelayLoop:
                     prefetch = None
                     await self._retry_after(acknowledgement, stopping)
         finally:
+            self._health.loop_ended()
             gc.set_threshold(*gc_thresholds)
             stopping.cancel()
             if prefetch is not None:
@@ -213,6 +217,10 @@ class RelayLoop:
                 log.warning("last acknowledgement failed", error=str(exc))
             except TimeoutError:
                 log.warning("last acknowledgement timed out; its events stay pending")
+
+    def _turned(self) -> None:
+        """A fetch ended: the loop is not wedged; what the source says of its connections."""
+        self._health.loop_turned(self._monotonic(), self._source.connection_problems())
 
     def _fetch(self) -> asyncio.Task[Sequence[OutboxEvent]]:
         return asyncio.create_task(self._source.fetch(self._config.batch_size), name="fetch")

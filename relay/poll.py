@@ -29,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from decimal import Decimal
 from typing import Final, cast
 
@@ -44,7 +44,7 @@ from relay.connection import Connection, Row, connect
 from relay.errors import DatabaseError, MigrationError, first_line
 from relay.events import Acknowledgement, OutboxEvent
 from relay.metrics import Metrics
-from relay.source import Backlog
+from relay.source import Backlog, ConnectionProblem
 
 log = structlog.get_logger("relay.poll")
 
@@ -323,3 +323,7 @@ class PollSource:
         pending, parked, oldest = rows[0]
         oldest_at: dt.datetime | None = oldest
         return Backlog(pending_events=pending, parked_events=parked, oldest_unsent_at=oldest_at)
+
+    def connection_problems(self) -> Mapping[str, ConnectionProblem]:
+        """None to name: every call on a lost connection fails, and the loop says so."""
+        return {}

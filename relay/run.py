@@ -29,7 +29,7 @@ from relay.errors import (
     DatabaseError,
     PermanentDatabaseError,
 )
-from relay.health import Health, broker_probe_due
+from relay.health import Health, broker_probe_due, wedged_after_s
 from relay.kafka import KafkaPublisher
 from relay.leadership import Leadership
 from relay.loop import LoopConfig, RelayLoop
@@ -451,7 +451,8 @@ async def serve(settings: Settings) -> None:
     """Run the relay until SIGTERM or SIGINT, with the HTTP endpoints when configured."""
     for name in config.service_links(os.environ):
         log.debug("ignoring a Kubernetes service link variable", name=name)
-    metrics, health = Metrics(), Health()
+    metrics = Metrics()
+    health = Health(wedged_after_s=wedged_after_s(settings.kafka_request_timeout_ms / 1000))
     relay = Relay(settings, metrics=metrics, health=health)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

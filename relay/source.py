@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Protocol
 
 from relay.events import Acknowledgement, OutboxEvent
@@ -41,6 +41,16 @@ class Backlog:
     parked_events: int | None = None
     #: ``created_at`` of the oldest event not yet acknowledged.
     oldest_unsent_at: dt.datetime | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ConnectionProblem:
+    """One of a source's connections is down (or reconnecting): since when, and why."""
+
+    #: What failed, the latest word on it ("" when unknown).
+    error: str
+    #: Monotonic seconds when it went down (the first failure, not the latest).
+    since_s: float
 
 
 class Source(Protocol):
@@ -106,4 +116,11 @@ class Source(Protocol):
 
     async def backlog(self) -> Backlog:
         """What is waiting, for metrics and the summary log; may cost a query."""
+        ...
+
+    def connection_problems(self) -> Mapping[str, ConnectionProblem]:
+        """The connections that are down now, by name (e.g. ``WAL stream``); empty: all fine.
+
+        No I/O: what the source saw last. /readyz names them (`relay.health`).
+        """
         ...

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import dataclasses
 import datetime as dt
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from relay import decisions
 from relay.errors import DatabaseError
@@ -22,7 +22,7 @@ from relay.events import (
     PublishFailure,
     PublishResult,
 )
-from relay.source import Backlog
+from relay.source import Backlog, ConnectionProblem
 
 
 def make_event(
@@ -55,7 +55,8 @@ class InMemorySource:
 
     Forward fetches by id; a new scan from the oldest due row after a rewind or when
     caught up; parked keys block later events of the key (``park=True``). Set
-    `fail_next` to make the next call raise `DatabaseError`.
+    `fail_next` to make the next call raise `DatabaseError`, `hang` to make fetches wait
+    until it is cleared (a wedged connection), `problems` for `connection_problems`.
     """
 
     def __init__(self, events: Sequence[OutboxEvent] = (), *, park: bool = True) -> None:
@@ -63,6 +64,10 @@ class InMemorySource:
         self.park = park
         self.acknowledgements: list[Acknowledgement] = []
         self.fail_next: str | None = None
+        self.problems: dict[str, ConnectionProblem] = {}
+        #: Set: fetch proceeds. Cleared: every fetch waits (as on a dead socket).
+        self.unhung = asyncio.Event()
+        self.unhung.set()
         self._cursor = 0
         #: Fetched and not yet acknowledged: never fetched twice (until a rewind).
         self._in_flight: set[int] = set()
@@ -105,6 +110,7 @@ class InMemorySource:
     async def fetch(self, max_events: int) -> Sequence[OutboxEvent]:
         """The next due events after the cursor, in id order."""
         await asyncio.sleep(0)
+        await self.unhung.wait()
         self._check_failure()
         batch: list[OutboxEvent] = []
         parked: set[str] = set()
@@ -158,6 +164,10 @@ class InMemorySource:
             pending_events=states.count(EventState.PENDING),
             parked_events=states.count(EventState.PARKED),
         )
+
+    def connection_problems(self) -> Mapping[str, ConnectionProblem]:
+        """What the test set in `problems`."""
+        return dict(self.problems)
 
 
 #: Decides the fate of one event: None (acknowledged) or a failure.

@@ -67,7 +67,7 @@ import json
 import operator
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Final
 
 import psycopg
@@ -125,7 +125,7 @@ from relay.slot import (
     fetch_slot_status,
 )
 from relay.slot import names as slot_names
-from relay.source import Backlog
+from relay.source import Backlog, ConnectionProblem
 from relay.sql import query
 from relay.wal._core import (
     AckTracker,
@@ -678,6 +678,8 @@ class WalSource:
         self._reconnecting: asyncio.Task[None] | None = None
         self._side_tasks: list[asyncio.Task[None]] = []
         self._broken: BaseException | None = None
+        #: The connections down until the next reconnect succeeds, for /readyz.
+        self._down: dict[str, ConnectionProblem] = {}
         self._has_events = asyncio.Event()
         self._room = asyncio.Event()
         self._room.set()
@@ -769,6 +771,7 @@ class WalSource:
             or sweep_conn.broken
             or (self._broken is not None and not self._queue)
         ):
+            self._went_down_if_broken(main=conn, sweep=sweep_conn)
             await self._reconnect_shielded()
         if self._sweep_state is not None:
             # Never a release sweep meanwhile: it would take over the sweep's state and
@@ -961,6 +964,20 @@ class WalSource:
         oldest = self._queue[0].created_at if self._queue else None
         return Backlog(pending_events=len(self._queue), oldest_unsent_at=oldest)
 
+    def connection_problems(self) -> Mapping[str, ConnectionProblem]:
+        """The stream, main or sweep connection, when it broke and no reconnect worked yet."""
+        return dict(self._down)
+
+    def _went_down(self, name: str, error: str) -> None:
+        """Record a connection lost (since the first time) or still failing (the latest error)."""
+        since = self._down[name].since_s if name in self._down else time.monotonic()
+        self._down[name] = ConnectionProblem(error, since)
+
+    def _went_down_if_broken(self, **conns: psycopg.AsyncConnection[Any] | None) -> None:
+        for name, conn in conns.items():
+            if conn is not None and conn.broken:
+                self._went_down(f"WAL {name}", "connection lost")
+
     # -- Connecting, the slot, the hand-over ----------------------------------------
 
     def _require_conn(self) -> psycopg.AsyncConnection[Any]:
@@ -990,6 +1007,7 @@ class WalSource:
             await self._disconnect()
             raise
         self._broken = None
+        self._down.clear()
         self._reader = asyncio.create_task(self._read(), name="wal-reader")
 
     async def _open_stream(self, status: SlotStatus | None) -> None:
@@ -1257,6 +1275,8 @@ class WalSource:
         if error is not None:
             # Retrieved here too: when no fetch waited for it, the next one retries.
             log.debug("reconnecting failed", error=first_line(error))
+            for name in self._down or ("WAL stream",):
+                self._went_down(name, first_line(error))
 
     async def _reconnect(self) -> None:
         if self._broken is not None:
@@ -1335,11 +1355,13 @@ class WalSource:
                     self._send_status(force=True)
         except (ReplicationError, PgOutputError, WalSetupError) as exc:
             self._broken = exc
+            self._went_down("WAL stream", first_line(exc))
             self._has_events.set()
             log.warning("replication stream stopped", error=first_line(exc))
         except Exception as exc:
             # Never a silent stall: the next fetch raises it and reconnects.
             self._broken = exc
+            self._went_down("WAL stream", first_line(exc))
             self._has_events.set()
             log.exception("replication stream failed")
 

@@ -22,6 +22,18 @@ def test_healthz_is_ok_even_when_not_ready() -> None:
     assert (response.status, response.body) == (200, b"ok\n")
 
 
+def test_healthz_is_503_while_the_leaders_loop_is_wedged() -> None:
+    health = ready_health()
+    health.set_leader(leader=True, now_s=0.0)
+    health.loop_started(0.0)
+    wedged = http.route("GET", "/healthz", Metrics(), health, health.wedged_after_s + 1)
+    assert wedged.status == 503
+    assert wedged.body == b"wedged: the relay loop has not come round for 301 s\n"
+    health.loop_turned(health.wedged_after_s + 1, {})
+    alive = http.route("GET", "/healthz", Metrics(), health, health.wedged_after_s + 2)
+    assert (alive.status, alive.body) == (200, b"ok\n")
+
+
 def test_readyz_reports_the_reason_when_not_ready() -> None:
     health = ready_health()
     health.broker_connected = False

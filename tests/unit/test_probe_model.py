@@ -7,7 +7,11 @@ comes and goes. The model holds what the README promises for `/readyz`: a standb
 ready as its lock connection; a leader as its source's connection; the broker's state is
 the latest answer (a probe when nothing is published, else the publish results); 503
 names the failing part (PostgreSQL first, then the broker, then a stall) and the latest
-error said about it; 200 again once the part answers.
+error said about it; 200 again once the part answers. A leader's source names its
+connection that is down (the longest down first) once past the grace, or at once when
+the last call failed. ``/healthz`` fails only when a leader's running loop has not come
+round for the wedge bound: a broker or database outage keeps it turning, so never kills
+it; starting the source (a slot's creation may wait long) does not count.
 """
 
 from __future__ import annotations
@@ -16,10 +20,14 @@ from hypothesis import settings
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 from hypothesis.strategies import booleans, floats, integers, sampled_from
 
-from relay.health import STALL_AFTER_S, Health, broker_probe_due
+from relay.health import CONNECTION_GRACE_S, STALL_AFTER_S, Health, broker_probe_due
+from relay.source import ConnectionProblem
 
 ERRORS = ["", "connection refused", "password authentication failed for user relay"]
 BROKER_ERRORS = ["KafkaConnectionError: no broker", "broker refuses InitProducerId"]
+CONNECTIONS = ["WAL stream", "WAL main", "WAL sweep"]
+#: Small enough for a run of steps to reach it.
+WEDGED_AFTER_S = 100.0
 
 
 class Probes(RuleBasedStateMachine):
@@ -28,7 +36,9 @@ class Probes(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.now = 1000.0
-        self.health = Health(last_progress_s=self.now)
+        self.health = Health(
+            last_progress_s=self.now, last_turn_s=self.now, wedged_after_s=WEDGED_AFTER_S
+        )
         # The world.
         self.lock_ok = True
         self.lock_problem = ""
@@ -37,12 +47,16 @@ class Probes(RuleBasedStateMachine):
         self.publisher_started = False
         self.loop_running = False
         self.loop_idle = True
+        #: The leader's source: its connections that are down (as it would report them).
+        self.source_down: dict[str, ConnectionProblem] = {}
         # The model: what each part was last seen to be, as the README describes it.
         self.leader = False
         self.database = (False, "")
         self.broker = (False, "")
         self.pending = 0
         self.stall_clock = self.now
+        self.turned_at = self.now
+        self.problems_seen: dict[str, ConnectionProblem] = {}
 
     # --- the world ------------------------------------------------------------------
 
@@ -57,6 +71,17 @@ class Probes(RuleBasedStateMachine):
     @rule(up=booleans(), failure=sampled_from(BROKER_ERRORS))
     def broker_changes(self, *, up: bool, failure: str) -> None:
         self.broker_up, self.broker_failure = up, failure
+
+    @precondition(lambda self: self.loop_running)
+    @rule(name=sampled_from(CONNECTIONS), down=booleans(), error=sampled_from(ERRORS))
+    def source_connection_changes(self, *, name: str, down: bool, error: str) -> None:
+        # WalSource: a connection breaks (since the first failure) or a reconnect works.
+        if not down:
+            self.source_down = {}
+        else:
+            was = self.source_down.get(name)
+            since = was.since_s if was is not None else self.now
+            self.source_down[name] = ConnectionProblem(error, since)
 
     # --- what the relay does ---------------------------------------------------------
 
@@ -97,6 +122,7 @@ class Probes(RuleBasedStateMachine):
             self.stall_clock = self.now
         else:
             self.loop_running, self.loop_idle = False, True
+            self.source_down, self.problems_seen = {}, {}
         self.leader = gained
 
     @precondition(lambda self: self.leader and not self.loop_running)
@@ -106,6 +132,10 @@ class Probes(RuleBasedStateMachine):
         self.health.database_answered(None if ok else error)
         self.database = (ok, "" if ok else error)
         self.loop_running = ok
+        if ok:
+            # loop.py: RelayLoop.run begins.
+            self.health.loop_started(self.now)
+            self.turned_at = self.now
 
     @precondition(lambda self: self.loop_running)
     @rule(events=integers(0, 50))
@@ -116,6 +146,7 @@ class Probes(RuleBasedStateMachine):
     @rule()
     def loop_idles(self) -> None:
         # loop.py: an empty fetch, then _idle.
+        self.fetch_ends()
         self.health.database_answered(None)
         self.health.progressed(self.now)
         self.loop_idle = True
@@ -126,6 +157,7 @@ class Probes(RuleBasedStateMachine):
     @rule(complete=booleans())
     def loop_publishes(self, *, complete: bool) -> None:
         # loop.py: a batch fetched and published; the broker's answer decides.
+        self.fetch_ends()
         self.health.database_answered(None)
         self.database = (True, "")
         self.loop_idle = False
@@ -143,14 +175,27 @@ class Probes(RuleBasedStateMachine):
     @precondition(lambda self: self.loop_running)
     @rule(error=sampled_from(ERRORS[1:]))
     def loop_loses_the_database(self, error: str) -> None:
-        # loop.py: a fetch or an acknowledgement failed; _recover retries.
+        # loop.py: a fetch failed; _recover retries.
+        self.fetch_ends()
         self.health.database_answered(error)
         self.database = (False, error)
+
+    def fetch_ends(self) -> None:
+        # loop.py's _turned: after every fetch, failed or not.
+        self.health.loop_turned(self.now, dict(self.source_down))
+        self.turned_at = self.now
+        self.problems_seen = dict(self.source_down)
 
     # --- the promise ------------------------------------------------------------------
 
     def expected(self) -> tuple[bool, str]:
         database_ok, database_error = self.database
+        if self.leader and self.problems_seen:
+            longest = min(self.problems_seen, key=lambda name: self.problems_seen[name].since_s)
+            problem = self.problems_seen[longest]
+            if not database_ok or self.now - problem.since_s > CONNECTION_GRACE_S:
+                down = _because(f"{longest} connection down", problem.error)
+                return False, f"not connected to PostgreSQL: {down}"
         if not database_ok:
             return False, _because("not connected to PostgreSQL", database_error)
         broker_ok, broker_error = self.broker
@@ -164,6 +209,15 @@ class Probes(RuleBasedStateMachine):
     @invariant()
     def readyz_tells_the_truth(self) -> None:
         assert self.health.readiness(self.now) == self.expected()
+
+    @invariant()
+    def healthz_fails_only_on_a_wedge(self) -> None:
+        waited = self.now - self.turned_at
+        if self.leader and self.loop_running and waited > WEDGED_AFTER_S:
+            expected = (False, f"wedged: the relay loop has not come round for {waited:.0f} s")
+        else:
+            expected = (True, "ok")
+        assert self.health.liveness(self.now) == expected
 
 
 def _because(what: str, error: str) -> str:
