@@ -17,7 +17,7 @@ these objects what to do (psycopg's ``generators.py`` / ``waiting.py`` split).
 * `Unmarked` keeps the sent events whose mark found no visible row yet, until a mark
   finds it: only then do their transactions count as settled.
 * `released_front` orders a release sweep's rows with the released keys' events still
-  queued: per key in outbox order, ahead of the rest.
+  queued: per key in outbox order, ahead of the rest, each row once.
 * `parked_copy` shrinks content that cannot be parked as it is (over the outbox's
   payload limit) into a copy that can, with its size and digest.
 """
@@ -279,12 +279,18 @@ def released_front(
     also read rows the stream has not decoded yet, newer than those. So the queued rows
     of the released keys join the swept ones, all in id order (outbox order per key);
     every other event keeps its place. Table-less events (id 0) stay where they are.
+
+    A row may be both queued and swept: the stream queued it after the release took
+    its key off the parked ones and before the sweep's snapshot and hand-over existed,
+    and the snapshot saw it pending. The queued copy is the one kept (the stream's
+    tracker counts it: it settles its transaction); the swept copy is dropped.
     """
     moved: list[OutboxEvent] = []
     rest: list[OutboxEvent] = []
     for event in queued:
         (moved if event.id and event.key in keys else rest).append(event)
-    front = sorted([*swept, *moved], key=_row_id)
+    queued_ids = {event.id for event in moved}
+    front = sorted([*(row for row in swept if row.id not in queued_ids), *moved], key=_row_id)
     return front, rest
 
 

@@ -1073,6 +1073,8 @@ class WalSource:
         goes before what the stream brings. With `front`, only the rows of the released
         `keys` are read, and they go all at once ahead of what is queued, together with
         those keys' events still queued, in outbox order (`relay.wal._core.released_front`).
+        The stream goes on queueing until the hand-over exists: a released key's row it
+        queued meanwhile that the snapshot saw is swept too, and only its queued copy goes.
         """
         conn = self._sweep_conn
         assert conn is not None  # noqa: S101 - connected by the caller

@@ -458,3 +458,36 @@ def test_content_over_the_limit_is_parked_truncated_with_size_and_digest() -> No
     assert hashlib.sha256(big).hexdigest() in note
     copy, _note = parked_copy(big, 10)
     assert copy == big[:10]
+
+
+@given(
+    queued=st.lists(st.tuples(st.sampled_from("abcd"), st.booleans()), max_size=12),
+    also_swept=st.lists(st.booleans(), max_size=12),
+    swept=st.lists(st.sampled_from("ab"), max_size=8),
+)
+def test_a_release_front_keeps_the_queued_copy_of_a_row_the_sweep_also_read(
+    queued: list[tuple[str, bool]], also_swept: list[bool], swept: list[str]
+) -> None:
+    """The stream queued rows of a released key before the sweep's snapshot existed,
+    and the snapshot saw them pending: they are swept too. Each row goes once, as the
+    queued copy (the stream's tracker counts it), and every key stays in id order."""
+    events = [
+        dataclasses.replace(row_event(0 if table_less else 100 + n, 1), key=key)
+        for n, (key, table_less) in enumerate(queued)
+    ]
+    keys = frozenset("ab")
+    doubled = [
+        dataclasses.replace(event, lsn=0)
+        for event, again in zip(events, also_swept, strict=False)
+        if again and event.id and event.key in keys
+    ]
+    older = [dataclasses.replace(row_event(n, 0), key=key) for n, key in enumerate(swept, 1)]
+    front, rest = released_front(events, [*older, *doubled], keys)
+    out = front + rest
+    # Each row once, as its queued copy: no swept copy of a queued row goes out.
+    assert sorted(map(id, out)) == sorted(map(id, events + older))
+    row_ids = [e.id for e in out if e.id]
+    assert len(row_ids) == len(set(row_ids))
+    for key in keys:
+        of_key = [e.id for e in out if e.key == key and e.id]
+        assert of_key == sorted(of_key)
