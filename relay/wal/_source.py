@@ -184,6 +184,8 @@ class UnreadableRow:
     id: int
     key: str | None
     reason: str
+    #: The row's topic column: the label it counts under in ``outbox_relay_events_parked``.
+    topic: str = ""
 
 
 #: What turning a row into a record may raise on content the relay cannot relay (JSON
@@ -191,14 +193,22 @@ class UnreadableRow:
 UNREADABLE: Final = (ValueError, TypeError, RecursionError, UnicodeDecodeError)
 
 
-def unreadable_row(row_id: object, key: object, exc: BaseException) -> UnreadableRow:
+def unreadable_row(
+    row_id: object, key: object, exc: BaseException, topic: object = None
+) -> UnreadableRow:
     """The `UnreadableRow` for a row whose conversion raised `exc`."""
-    text = key.decode(errors="replace") if isinstance(key, bytes) else key
+    text = _text(key)
     return UnreadableRow(
         int(row_id) if isinstance(row_id, (bytes, int, str)) else 0,
-        text if isinstance(text, str) else None,
+        text,
         f"cannot turn the row into a record: {type(exc).__name__}: {first_line(exc)[:200]}",
+        _text(topic) or "",
     )
+
+
+def _text(value: object) -> str | None:
+    text = value.decode(errors="replace") if isinstance(value, bytes) else value
+    return text if isinstance(text, str) else None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -483,7 +493,9 @@ class StreamDecoder:
                         # Parked, never a stream that fails on every reconnect.
                         positions = shape.positions
                         self._unreadable.append(
-                            unreadable_row(row[positions[0]], row[positions[3]], exc)
+                            unreadable_row(
+                                row[positions[0]], row[positions[3]], exc, row[positions[2]]
+                            )
                         )
                         continue
                     if event is not None:
@@ -598,6 +610,10 @@ MARK_VISIBLE_WAIT_S: Final = 1.0
 MARK_RETRY_S: Final = 0.02
 #: Seconds `WalSource.stop` may take; a hung server must not hang the shutdown.
 STOP_TIMEOUT_S: Final = 5.0
+#: Session settings of the sweep's connection: created_at is read as text and converted
+#: by `datetime.fromisoformat` row by row, so a time Python has no datetime for
+#: ('infinity', a year past 9999) parks that row instead of failing every sweep.
+SWEEP_SESSION: Final = (sql.SQL("SET datestyle = 'ISO'"),)
 
 
 class SlotLostError(RelayError):
@@ -972,7 +988,9 @@ class WalSource:
         settings = self._settings
         try:
             self._conn = await connection.connect(settings.conninfo, "wal")
-            self._sweep_conn = await connection.connect(settings.conninfo, "wal sweep")
+            self._sweep_conn = await connection.connect(
+                settings.conninfo, "wal sweep", session=SWEEP_SESSION
+            )
         except DatabaseError:
             await self._disconnect()
             raise
@@ -1166,7 +1184,7 @@ class WalSource:
             try:
                 event = self._event_from_table(row)
             except UNREADABLE as exc:
-                unreadable.append(unreadable_row(row[0], row[3], exc))
+                unreadable.append(unreadable_row(row[0], row[3], exc, row[2]))
                 if row[3] is not None:
                     state.parked_keys.add(row[3])  # its key's later rows wait behind it
                 continue
@@ -1233,7 +1251,7 @@ class WalSource:
             key,
             value,
             kafka_headers(event_id, event_type, aggregate_type, own),
-            created_at,
+            _fromisoformat(created_at) if created_at is not None else None,
             attempts,
             0,
         )
@@ -1413,16 +1431,23 @@ class WalSource:
             raise ReplicationError(f"cannot hold a table-less event: {first_line(exc)}") from None
 
     async def _park_unreadable(self, rows: Sequence[UnreadableRow]) -> None:
-        """Park rows the relay cannot relay; their keys' later events wait behind them."""
+        """Park rows the relay cannot relay; their keys' later events wait behind them.
+
+        Each row this parks counts in ``outbox_relay_events_parked`` under its topic,
+        like an event the loop parks after failed attempts (a replayed row already
+        parked does not count again).
+        """
         conn = self._require_conn()
         for row in rows:
             log.error("unreadable outbox row parked", id=row.id, key=row.key, error=row.reason)
             try:
-                await conn.execute(
+                cursor = await conn.execute(
                     query("wal", "park_row", self._names), {"id": row.id, "error": row.reason}
                 )
             except psycopg.Error as exc:
                 raise ReplicationError(f"cannot park a row: {first_line(exc)}") from None
+            if cursor.rowcount and self._metrics is not None:
+                self._metrics.events_parked.labels(topic=row.topic).inc()
             self._parked_ids.add(row.id)
             if row.key is not None:
                 self._parked_keys.add(row.key)
