@@ -132,9 +132,11 @@ from relay.wal._core import (
     HandOver,
     Snapshot,
     Unmarked,
+    note_parked,
     parked_copy,
     released_front,
     unseen_rows,
+    waits_behind,
 )
 
 log = structlog.get_logger("relay.wal")
@@ -658,7 +660,8 @@ class _SweepState:
 
     #: Ids already queued or in flight from the stream: not queued twice.
     outstanding: set[int]
-    parked_keys: set[str]
+    #: Parked keys and their first parked row (`relay.wal._core.waits_behind`).
+    parked_keys: dict[str, int]
     #: Only these keys' rows (a release), or every pending row.
     keys: frozenset[str] | None = None
     #: Released rows without a key (a release).
@@ -705,7 +708,9 @@ class WalSource:
         #: not visible yet): their transactions stay unconfirmed until a mark finds them.
         self._unmarked = Unmarked()
         self._parked_ids: set[int] = set()
-        self._parked_keys: set[str] = set()
+        #: Parked keys, each with the id of its first parked row: the events after it
+        #: wait (`relay.wal._core.waits_behind`).
+        self._parked_keys: dict[str, int] = {}
         self._parked_checked_s = 0.0
         self._last_status_s = 0.0
         self._sent_confirmed = -1
@@ -821,7 +826,7 @@ class WalSource:
         try:
             while queue and len(kept) < max_events:
                 event = queue[0]
-                if event.key is None or event.key not in parked_keys:
+                if not waits_behind(event.key, event.id, parked_keys):
                     kept.append(queue.popleft())
                     continue
                 if not event.id:
@@ -1115,7 +1120,7 @@ class WalSource:
         self._parked_ids, self._parked_keys = parked_state(parked)
         self._parked_checked_s = time.monotonic()
         self._sweep_state = _SweepState(
-            outstanding, set(self._parked_keys), keys=keys, ids=sorted(ids)
+            outstanding, dict(self._parked_keys), keys=keys, ids=sorted(ids)
         )
         self._room.clear()
         if front:
@@ -1185,12 +1190,11 @@ class WalSource:
                 event = self._event_from_table(row)
             except UNREADABLE as exc:
                 unreadable.append(unreadable_row(row[0], row[3], exc, row[2]))
-                if row[3] is not None:
-                    state.parked_keys.add(row[3])  # its key's later rows wait behind it
+                note_parked(state.parked_keys, row[3], row[0])  # its key's later rows wait
                 continue
             if event.id in state.outstanding:
                 continue
-            if park_keys and event.key is not None and event.key in state.parked_keys:
+            if park_keys and waits_behind(event.key, event.id, state.parked_keys):
                 continue  # waits behind a parked event, pending in the table
             into.append(event)
             state.swept += 1
@@ -1217,7 +1221,7 @@ class WalSource:
             raise DatabaseError(f"cannot read parked events: {first_line(exc)}") from None
         self._parked_checked_s = time.monotonic()
         parked_ids, parked_keys = parked_state(parked)
-        released_keys = frozenset(self._parked_keys - parked_keys)
+        released_keys = frozenset(self._parked_keys.keys() - parked_keys.keys())
         released_ids = self._parked_ids - parked_ids
         self._parked_ids, self._parked_keys = parked_ids, parked_keys
         if released_keys or released_ids:
@@ -1403,7 +1407,7 @@ class WalSource:
         for event in transaction.events:
             if event.id and any(h.covers(event.key) for h in swept):
                 continue  # pending when swept (so queued from the table), or settled
-            if self._park_keys and event.key is not None and event.key in self._parked_keys:
+            if self._park_keys and waits_behind(event.key, event.id, self._parked_keys):
                 # It waits behind the parked event. A row stays pending in the table
                 # (the sweep after the release publishes it); a table-less event
                 # becomes such a row.
@@ -1449,8 +1453,7 @@ class WalSource:
             if cursor.rowcount and self._metrics is not None:
                 self._metrics.events_parked.labels(topic=row.topic).inc()
             self._parked_ids.add(row.id)
-            if row.key is not None:
-                self._parked_keys.add(row.key)
+            note_parked(self._parked_keys, row.key, row.id)
 
     async def _park_rejected(self, rejected: Sequence[RejectedMessage]) -> None:
         conn = self._require_conn()
@@ -1531,8 +1534,8 @@ class WalSource:
         if failed.park:
             if event.id:
                 self._parked_ids.add(event.id)
-            if event.key is not None:
-                self._parked_keys.add(event.key)
+            # A table-less event's parked row has an id of its own, not known here.
+            note_parked(self._parked_keys, event.key, event.id)
 
     # -- Confirming, heartbeats, lag ------------------------------------------------------
 
@@ -1636,6 +1639,9 @@ def message_topics(settings: Settings) -> frozenset[str]:
     return frozenset(t.strip() for t in settings.message_topics.split(",") if t.strip())
 
 
-def parked_state(parked: dict[int, str | None]) -> tuple[set[int], set[str]]:
-    """Parked row ids, and the keys they hold back."""
-    return set(parked), {key for key in parked.values() if key is not None}
+def parked_state(parked: dict[int, str | None]) -> tuple[set[int], dict[str, int]]:
+    """Parked row ids, and the keys they hold back with their first parked row's id."""
+    keys: dict[str, int] = {}
+    for row_id, key in parked.items():
+        note_parked(keys, key, row_id)
+    return set(parked), keys

@@ -20,7 +20,7 @@ from hypothesis.stateful import (
 
 from relay.events import OutboxEvent
 from relay.wal import AckTracker, HandOver, Snapshot, parked_copy
-from relay.wal._core import Unmarked, released_front, unseen_rows
+from relay.wal._core import Unmarked, note_parked, released_front, unseen_rows, waits_behind
 
 XID_SPAN = 1 << 32
 
@@ -491,3 +491,24 @@ def test_a_release_front_keeps_the_queued_copy_of_a_row_the_sweep_also_read(
     for key in keys:
         of_key = [e.id for e in out if e.key == key and e.id]
         assert of_key == sorted(of_key)
+
+
+@given(
+    parked=st.lists(st.tuples(st.sampled_from("ab"), st.integers(0, 30)), max_size=6),
+    events=st.lists(st.tuples(st.sampled_from(["a", "b", "c", None]), st.integers(0, 30))),
+)
+def test_only_the_events_after_a_keys_parked_row_wait_behind_it(
+    parked: list[tuple[str, int]], events: list[tuple[str | None, int]]
+) -> None:
+    """Rows parked in any order (0: a parked row whose id is not known); an event waits
+    when a parked row of its key comes before it in outbox order, or it is table-less
+    (id 0) and its key is parked. An earlier row of the key goes out."""
+    first: dict[str, int] = {}
+    for parked_key, parked_id in parked:
+        note_parked(first, parked_key, parked_id)
+    for key, row_id in events:
+        model = any(
+            key == parked_key and (not row_id or parked_id < row_id)
+            for parked_key, parked_id in parked
+        )
+        assert waits_behind(key, row_id, first) == model
