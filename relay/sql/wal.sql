@@ -74,8 +74,11 @@ SELECT pg_current_wal_insert_lsn()::text, pg_current_snapshot()::text
 
 -- name: pending_rows
 -- The hand-over and the fallback after a lost slot: the table is the truth.
+-- created_at comes as text (datestyle ISO), converted row by row (relay/wal/_source.py):
+-- a value Python has no datetime for ('infinity', a year past 9999) parks that row
+-- instead of failing every sweep.
 SELECT id, event_id::text, topic, key, payload::text, payload_bytes, headers::text,
-       event_type, aggregate_type, created_at, attempts
+       event_type, aggregate_type, created_at::text, attempts
 FROM {outbox}
 WHERE state = 'pending' AND id > %(after_id)s
 ORDER BY id
@@ -83,9 +86,9 @@ LIMIT %(limit)s
 
 -- name: pending_rows_of_keys
 -- After an operator's release: only the released keys' rows (and released rows
--- without a key), in id order.
+-- without a key), in id order. created_at as in pending_rows.
 SELECT id, event_id::text, topic, key, payload::text, payload_bytes, headers::text,
-       event_type, aggregate_type, created_at, attempts
+       event_type, aggregate_type, created_at::text, attempts
 FROM {outbox}
 WHERE state = 'pending' AND id > %(after_id)s
   AND (key = ANY(%(keys)s::text[]) OR (key IS NULL AND id = ANY(%(ids)s::bigint[])))

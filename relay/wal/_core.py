@@ -17,7 +17,9 @@ these objects what to do (psycopg's ``generators.py`` / ``waiting.py`` split).
 * `Unmarked` keeps the sent events whose mark found no visible row yet, until a mark
   finds it: only then do their transactions count as settled.
 * `released_front` orders a release sweep's rows with the released keys' events still
-  queued: per key in outbox order, ahead of the rest.
+  queued: per key in outbox order, ahead of the rest, each row once.
+* `waits_behind` says whether an event waits behind its key's parked event: only the
+  events after it in outbox order do.
 * `parked_copy` shrinks content that cannot be parked as it is (over the outbox's
   payload limit) into a copy that can, with its size and digest.
 """
@@ -27,7 +29,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import hashlib
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Mapping
 from typing import Final
 
 from relay.events import OutboxEvent
@@ -279,17 +281,45 @@ def released_front(
     also read rows the stream has not decoded yet, newer than those. So the queued rows
     of the released keys join the swept ones, all in id order (outbox order per key);
     every other event keeps its place. Table-less events (id 0) stay where they are.
+
+    A row may be both queued and swept: the stream queued it after the release took
+    its key off the parked ones and before the sweep's snapshot and hand-over existed,
+    and the snapshot saw it pending. The queued copy is the one kept (the stream's
+    tracker counts it: it settles its transaction); the swept copy is dropped.
     """
     moved: list[OutboxEvent] = []
     rest: list[OutboxEvent] = []
     for event in queued:
         (moved if event.id and event.key in keys else rest).append(event)
-    front = sorted([*swept, *moved], key=_row_id)
+    queued_ids = {event.id for event in moved}
+    front = sorted([*(row for row in swept if row.id not in queued_ids), *moved], key=_row_id)
     return front, rest
 
 
 def _row_id(event: OutboxEvent) -> int:
     return event.id
+
+
+def waits_behind(key: str | None, row_id: int, parked: Mapping[str, int]) -> bool:
+    """Whether an event of `key` (row `row_id`, 0 when table-less) waits behind a parked one.
+
+    `parked` maps each parked key to the id of its first parked row (0 when that is not
+    known: every event of the key waits). Only the events after it in outbox order wait:
+    an earlier row of the key, queued in the same stream read or the same transaction as
+    the parked row, goes out. A table-less event has no place in the outbox order: it
+    waits (and becomes a pending row behind the parked one).
+    """
+    if key is None:
+        return False
+    first = parked.get(key)
+    return first is not None and (not row_id or row_id > first)
+
+
+def note_parked(parked: dict[str, int], key: str | None, row_id: int) -> None:
+    """Record that row `row_id` of `key` is parked (0: a row whose id is not known)."""
+    if key is not None:
+        first = parked.get(key)
+        parked[key] = row_id if first is None else min(first, row_id)
 
 
 def parked_copy(content: bytes | None, limit: int) -> tuple[bytes | None, str]:

@@ -132,9 +132,11 @@ from relay.wal._core import (
     HandOver,
     Snapshot,
     Unmarked,
+    note_parked,
     parked_copy,
     released_front,
     unseen_rows,
+    waits_behind,
 )
 
 log = structlog.get_logger("relay.wal")
@@ -184,6 +186,8 @@ class UnreadableRow:
     id: int
     key: str | None
     reason: str
+    #: The row's topic column: the label it counts under in ``outbox_relay_events_parked``.
+    topic: str = ""
 
 
 #: What turning a row into a record may raise on content the relay cannot relay (JSON
@@ -191,14 +195,22 @@ class UnreadableRow:
 UNREADABLE: Final = (ValueError, TypeError, RecursionError, UnicodeDecodeError)
 
 
-def unreadable_row(row_id: object, key: object, exc: BaseException) -> UnreadableRow:
+def unreadable_row(
+    row_id: object, key: object, exc: BaseException, topic: object = None
+) -> UnreadableRow:
     """The `UnreadableRow` for a row whose conversion raised `exc`."""
-    text = key.decode(errors="replace") if isinstance(key, bytes) else key
+    text = _text(key)
     return UnreadableRow(
         int(row_id) if isinstance(row_id, (bytes, int, str)) else 0,
-        text if isinstance(text, str) else None,
+        text,
         f"cannot turn the row into a record: {type(exc).__name__}: {first_line(exc)[:200]}",
+        _text(topic) or "",
     )
+
+
+def _text(value: object) -> str | None:
+    text = value.decode(errors="replace") if isinstance(value, bytes) else value
+    return text if isinstance(text, str) else None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -483,7 +495,9 @@ class StreamDecoder:
                         # Parked, never a stream that fails on every reconnect.
                         positions = shape.positions
                         self._unreadable.append(
-                            unreadable_row(row[positions[0]], row[positions[3]], exc)
+                            unreadable_row(
+                                row[positions[0]], row[positions[3]], exc, row[positions[2]]
+                            )
                         )
                         continue
                     if event is not None:
@@ -598,6 +612,10 @@ MARK_VISIBLE_WAIT_S: Final = 1.0
 MARK_RETRY_S: Final = 0.02
 #: Seconds `WalSource.stop` may take; a hung server must not hang the shutdown.
 STOP_TIMEOUT_S: Final = 5.0
+#: Session settings of the sweep's connection: created_at is read as text and converted
+#: by `datetime.fromisoformat` row by row, so a time Python has no datetime for
+#: ('infinity', a year past 9999) parks that row instead of failing every sweep.
+SWEEP_SESSION: Final = (sql.SQL("SET datestyle = 'ISO'"),)
 
 
 class SlotLostError(RelayError):
@@ -642,7 +660,8 @@ class _SweepState:
 
     #: Ids already queued or in flight from the stream: not queued twice.
     outstanding: set[int]
-    parked_keys: set[str]
+    #: Parked keys and their first parked row (`relay.wal._core.waits_behind`).
+    parked_keys: dict[str, int]
     #: Only these keys' rows (a release), or every pending row.
     keys: frozenset[str] | None = None
     #: Released rows without a key (a release).
@@ -691,7 +710,9 @@ class WalSource:
         #: not visible yet): their transactions stay unconfirmed until a mark finds them.
         self._unmarked = Unmarked()
         self._parked_ids: set[int] = set()
-        self._parked_keys: set[str] = set()
+        #: Parked keys, each with the id of its first parked row: the events after it
+        #: wait (`relay.wal._core.waits_behind`).
+        self._parked_keys: dict[str, int] = {}
         self._parked_checked_s = 0.0
         self._last_status_s = 0.0
         self._sent_confirmed = -1
@@ -808,7 +829,7 @@ class WalSource:
         try:
             while queue and len(kept) < max_events:
                 event = queue[0]
-                if event.key is None or event.key not in parked_keys:
+                if not waits_behind(event.key, event.id, parked_keys):
                     kept.append(queue.popleft())
                     continue
                 if not event.id:
@@ -989,7 +1010,9 @@ class WalSource:
         settings = self._settings
         try:
             self._conn = await connection.connect(settings.conninfo, "wal")
-            self._sweep_conn = await connection.connect(settings.conninfo, "wal sweep")
+            self._sweep_conn = await connection.connect(
+                settings.conninfo, "wal sweep", session=SWEEP_SESSION
+            )
         except DatabaseError:
             await self._disconnect()
             raise
@@ -1091,6 +1114,8 @@ class WalSource:
         goes before what the stream brings. With `front`, only the rows of the released
         `keys` are read, and they go all at once ahead of what is queued, together with
         those keys' events still queued, in outbox order (`relay.wal._core.released_front`).
+        The stream goes on queueing until the hand-over exists: a released key's row it
+        queued meanwhile that the snapshot saw is swept too, and only its queued copy goes.
         """
         conn = self._sweep_conn
         assert conn is not None  # noqa: S101 - connected by the caller
@@ -1113,7 +1138,7 @@ class WalSource:
         self._parked_ids, self._parked_keys = parked_state(parked)
         self._parked_checked_s = time.monotonic()
         self._sweep_state = _SweepState(
-            outstanding, set(self._parked_keys), keys=keys, ids=sorted(ids)
+            outstanding, dict(self._parked_keys), keys=keys, ids=sorted(ids)
         )
         self._room.clear()
         if front:
@@ -1182,13 +1207,12 @@ class WalSource:
             try:
                 event = self._event_from_table(row)
             except UNREADABLE as exc:
-                unreadable.append(unreadable_row(row[0], row[3], exc))
-                if row[3] is not None:
-                    state.parked_keys.add(row[3])  # its key's later rows wait behind it
+                unreadable.append(unreadable_row(row[0], row[3], exc, row[2]))
+                note_parked(state.parked_keys, row[3], row[0])  # its key's later rows wait
                 continue
             if event.id in state.outstanding:
                 continue
-            if park_keys and event.key is not None and event.key in state.parked_keys:
+            if park_keys and waits_behind(event.key, event.id, state.parked_keys):
                 continue  # waits behind a parked event, pending in the table
             into.append(event)
             state.swept += 1
@@ -1215,7 +1239,7 @@ class WalSource:
             raise DatabaseError(f"cannot read parked events: {first_line(exc)}") from None
         self._parked_checked_s = time.monotonic()
         parked_ids, parked_keys = parked_state(parked)
-        released_keys = frozenset(self._parked_keys - parked_keys)
+        released_keys = frozenset(self._parked_keys.keys() - parked_keys.keys())
         released_ids = self._parked_ids - parked_ids
         self._parked_ids, self._parked_keys = parked_ids, parked_keys
         if released_keys or released_ids:
@@ -1249,7 +1273,7 @@ class WalSource:
             key,
             value,
             kafka_headers(event_id, event_type, aggregate_type, own),
-            created_at,
+            _fromisoformat(created_at) if created_at is not None else None,
             attempts,
             0,
         )
@@ -1405,7 +1429,7 @@ class WalSource:
         for event in transaction.events:
             if event.id and any(h.covers(event.key) for h in swept):
                 continue  # pending when swept (so queued from the table), or settled
-            if self._park_keys and event.key is not None and event.key in self._parked_keys:
+            if self._park_keys and waits_behind(event.key, event.id, self._parked_keys):
                 # It waits behind the parked event. A row stays pending in the table
                 # (the sweep after the release publishes it); a table-less event
                 # becomes such a row.
@@ -1433,19 +1457,25 @@ class WalSource:
             raise ReplicationError(f"cannot hold a table-less event: {first_line(exc)}") from None
 
     async def _park_unreadable(self, rows: Sequence[UnreadableRow]) -> None:
-        """Park rows the relay cannot relay; their keys' later events wait behind them."""
+        """Park rows the relay cannot relay; their keys' later events wait behind them.
+
+        Each row this parks counts in ``outbox_relay_events_parked`` under its topic,
+        like an event the loop parks after failed attempts (a replayed row already
+        parked does not count again).
+        """
         conn = self._require_conn()
         for row in rows:
             log.error("unreadable outbox row parked", id=row.id, key=row.key, error=row.reason)
             try:
-                await conn.execute(
+                cursor = await conn.execute(
                     query("wal", "park_row", self._names), {"id": row.id, "error": row.reason}
                 )
             except psycopg.Error as exc:
                 raise ReplicationError(f"cannot park a row: {first_line(exc)}") from None
+            if cursor.rowcount and self._metrics is not None:
+                self._metrics.events_parked.labels(topic=row.topic).inc()
             self._parked_ids.add(row.id)
-            if row.key is not None:
-                self._parked_keys.add(row.key)
+            note_parked(self._parked_keys, row.key, row.id)
 
     async def _park_rejected(self, rejected: Sequence[RejectedMessage]) -> None:
         conn = self._require_conn()
@@ -1526,8 +1556,8 @@ class WalSource:
         if failed.park:
             if event.id:
                 self._parked_ids.add(event.id)
-            if event.key is not None:
-                self._parked_keys.add(event.key)
+            # A table-less event's parked row has an id of its own, not known here.
+            note_parked(self._parked_keys, event.key, event.id)
 
     # -- Confirming, heartbeats, lag ------------------------------------------------------
 
@@ -1631,6 +1661,9 @@ def message_topics(settings: Settings) -> frozenset[str]:
     return frozenset(t.strip() for t in settings.message_topics.split(",") if t.strip())
 
 
-def parked_state(parked: dict[int, str | None]) -> tuple[set[int], set[str]]:
-    """Parked row ids, and the keys they hold back."""
-    return set(parked), {key for key in parked.values() if key is not None}
+def parked_state(parked: dict[int, str | None]) -> tuple[set[int], dict[str, int]]:
+    """Parked row ids, and the keys they hold back with their first parked row's id."""
+    keys: dict[str, int] = {}
+    for row_id, key in parked.items():
+        note_parked(keys, key, row_id)
+    return set(parked), keys

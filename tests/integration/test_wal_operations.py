@@ -412,15 +412,6 @@ def key_states(url: str, key: str) -> dict[str, int]:
 SLOW_SWEEP_S = 0.5
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "relay/wal/_source.py _refresh_parked/_sweep: a release un-parks the keys and takes "
-        "the queue's ids as 'outstanding' before the sweep's snapshot and HandOver exist; "
-        "rows of the released key the stream queues in between are also swept, and the "
-        "sweep goes in front of them (extendleft): duplicates and stale last copies"
-    ),
-)
 async def test_retry_and_skip_through_the_cli_under_live_traffic_keep_every_key_in_order(
     settings: Settings, topic: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -20,7 +20,7 @@ from hypothesis.stateful import (
 
 from relay.events import OutboxEvent
 from relay.wal import AckTracker, HandOver, Snapshot, parked_copy
-from relay.wal._core import Unmarked, released_front, unseen_rows
+from relay.wal._core import Unmarked, note_parked, released_front, unseen_rows, waits_behind
 
 XID_SPAN = 1 << 32
 
@@ -458,3 +458,57 @@ def test_content_over_the_limit_is_parked_truncated_with_size_and_digest() -> No
     assert hashlib.sha256(big).hexdigest() in note
     copy, _note = parked_copy(big, 10)
     assert copy == big[:10]
+
+
+@given(
+    queued=st.lists(st.tuples(st.sampled_from("abcd"), st.booleans()), max_size=12),
+    also_swept=st.lists(st.booleans(), max_size=12),
+    swept=st.lists(st.sampled_from("ab"), max_size=8),
+)
+def test_a_release_front_keeps_the_queued_copy_of_a_row_the_sweep_also_read(
+    queued: list[tuple[str, bool]], also_swept: list[bool], swept: list[str]
+) -> None:
+    """The stream queued rows of a released key before the sweep's snapshot existed,
+    and the snapshot saw them pending: they are swept too. Each row goes once, as the
+    queued copy (the stream's tracker counts it), and every key stays in id order."""
+    events = [
+        dataclasses.replace(row_event(0 if table_less else 100 + n, 1), key=key)
+        for n, (key, table_less) in enumerate(queued)
+    ]
+    keys = frozenset("ab")
+    doubled = [
+        dataclasses.replace(event, lsn=0)
+        for event, again in zip(events, also_swept, strict=False)
+        if again and event.id and event.key in keys
+    ]
+    older = [dataclasses.replace(row_event(n, 0), key=key) for n, key in enumerate(swept, 1)]
+    front, rest = released_front(events, [*older, *doubled], keys)
+    out = front + rest
+    # Each row once, as its queued copy: no swept copy of a queued row goes out.
+    assert sorted(map(id, out)) == sorted(map(id, events + older))
+    row_ids = [e.id for e in out if e.id]
+    assert len(row_ids) == len(set(row_ids))
+    for key in keys:
+        of_key = [e.id for e in out if e.key == key and e.id]
+        assert of_key == sorted(of_key)
+
+
+@given(
+    parked=st.lists(st.tuples(st.sampled_from("ab"), st.integers(0, 30)), max_size=6),
+    events=st.lists(st.tuples(st.sampled_from(["a", "b", "c", None]), st.integers(0, 30))),
+)
+def test_only_the_events_after_a_keys_parked_row_wait_behind_it(
+    parked: list[tuple[str, int]], events: list[tuple[str | None, int]]
+) -> None:
+    """Rows parked in any order (0: a parked row whose id is not known); an event waits
+    when a parked row of its key comes before it in outbox order, or it is table-less
+    (id 0) and its key is parked. An earlier row of the key goes out."""
+    first: dict[str, int] = {}
+    for parked_key, parked_id in parked:
+        note_parked(first, parked_key, parked_id)
+    for key, row_id in events:
+        model = any(
+            key == parked_key and (not row_id or parked_id < row_id)
+            for parked_key, parked_id in parked
+        )
+        assert waits_behind(key, row_id, first) == model

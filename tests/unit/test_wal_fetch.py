@@ -30,7 +30,7 @@ async def test_a_fetch_cancelled_while_holding_a_message_back_keeps_every_event(
     source._conn = connected
     source._sweep_conn = connected
     source._parked_checked_s = time.monotonic()  # no parked-row refresh in this fetch
-    source._parked_keys = {"held"}
+    source._parked_keys = {"held": 0}
     holding = asyncio.Event()
 
     async def hold_forever(_event: OutboxEvent) -> None:
