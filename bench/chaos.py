@@ -267,6 +267,25 @@ def drain(url: str) -> bool:
     return False
 
 
+def all_through(url: str, forwarded: int) -> bool:
+    """Whether the relays' traffic went through the proxy: at least every sent payload.
+
+    Fewer bytes mean the produce requests reached the broker some other way (its own
+    advertised address), and the proxy's outages cut nothing.
+    """
+    sent_bytes = int(
+        str(
+            query(
+                url,
+                "SELECT coalesce(sum(octet_length(payload::text)), 0) FROM outbox "
+                "WHERE state = 'sent'",
+            )[0][0]
+        )
+    )
+    print(f"  bytes to the broker through the proxy: {forwarded} (sent payloads {sent_bytes})")
+    return forwarded >= sent_bytes
+
+
 def around_inversion(positions: list[int], ids: list[object]) -> list[object]:
     """The row ids around the first copy that arrived after a newer one of its key."""
     first = next((i for i in range(1, len(positions)) if positions[i] < positions[i - 1]), 0)
@@ -338,6 +357,7 @@ def run(  # noqa: PLR0917 - the command line, as it is
         ok_drain = drain(url)
         codes = [relay.stop() for relay in relays]
         keep_logs(Path(tmp), keep)
+        proxied = all_through(url, proxy.forwarded_upstream)
         rows = query(
             url,
             "SELECT event_id::text, key, topic, state, id FROM outbox ORDER BY id",
@@ -378,13 +398,17 @@ def run(  # noqa: PLR0917 - the command line, as it is
     windows += faults["terminate"] + faults["refuse"] + faults["blackhole"]
     duplicate_bound = max(windows, 1) * 3 * BATCH_SIZE
     print(f"  duplicates allowed by {windows} crash windows: {duplicate_bound}")
-    clean = ok_drain and not (
-        verdict.missing
-        or verdict.unexpected
-        or verdict.first_copy_disorder
-        or verdict.last_copy_disorder
-        or verdict.split_keys
-        or verdict.duplicates > duplicate_bound
+    clean = (
+        ok_drain
+        and proxied
+        and not (
+            verdict.missing
+            or verdict.unexpected
+            or verdict.first_copy_disorder
+            or verdict.last_copy_disorder
+            or verdict.split_keys
+            or verdict.duplicates > duplicate_bound
+        )
     )
     print(f"{'OK' if clean else 'FAILED'}: seed {seed}")
     return clean
