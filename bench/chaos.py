@@ -4,10 +4,11 @@
     .venv/bin/python bench/chaos.py --mode wal --seconds 300
 
 Starts its own PostgreSQL (wal_level=logical) and broker, a TCP proxy of the tests' own
-between the relays and the broker, and two relays (a leader and a hot standby) with
-``--on-sent mark``. A writer commits events for a few hundred keys at a steady rate, one
-writer per key, and now and then a poison event (larger than the relays' request size)
-that is parked and holds its key. Meanwhile, at random, seeded:
+between the relays and the broker (the broker advertises the proxy, so every Kafka
+connection goes through it, not only the bootstrap), and two relays (a leader and a hot
+standby) with ``--on-sent mark``. A writer commits events for a few hundred keys at a
+steady rate, one writer per key, and now and then a poison event (larger than the relays'
+request size) that is parked and holds its key. Meanwhile, at random, seeded:
 
 * a relay is killed with SIGKILL and started again;
 * PostgreSQL restarts, ``-m fast`` or ``-m immediate``;
@@ -16,11 +17,12 @@ that is parked and holds its key. Meanwhile, at random, seeded:
 * one relay connection is ended with ``pg_terminate_backend``;
 * an operator runs ``outbox-relay retry --all`` or ``skip --all`` through the CLI.
 
-Then the faults stop, the parked events are skipped, the relays drain, and a consumer
-reading the broker directly judges with the tests' order oracle: nothing missing, per
-key first and last copies in outbox order, duplicates no more than the crash windows
-allow (three batches per fault that ends a relay's session). It prints the seed first; a failing
-seed becomes a regression test. Exit 0 when the verdict is clean, 1 otherwise.
+Then the faults stop, the proxy heals, the parked events are skipped, the relays drain
+and stop, and a consumer of its own (through the healed proxy: the broker advertises no
+other address) judges with the tests' order oracle: nothing missing, per key first and
+last copies in outbox order, duplicates no more than the crash windows allow (three
+batches per fault that ends a relay's session). It prints the seed first; a failing seed
+becomes a regression test. Exit 0 when the verdict is clean, 1 otherwise.
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from relay import migrate  # noqa: E402
-from relay._embedded import EmbeddedBroker, EmbeddedPostgres  # noqa: E402
+from relay._embedded import EmbeddedBroker, EmbeddedPostgres, free_port  # noqa: E402
 from relay.config import Settings  # noqa: E402
 from tests.oracle import Expected, check  # noqa: E402
 from tests.support import consume  # noqa: E402
@@ -176,14 +178,25 @@ def wait_for(what: str, check_fn: Callable[[], bool], timeout_s: float) -> bool:
 
 
 @contextlib.contextmanager
-def stack(base: Path) -> Iterator[tuple[EmbeddedPostgres, EmbeddedBroker]]:
+def stack(base: Path) -> Iterator[tuple[EmbeddedPostgres, EmbeddedBroker, TcpProxy]]:
+    """PostgreSQL, the broker, and the proxy in front of the broker.
+
+    The broker advertises the proxy's port: Kafka clients bootstrap once and then connect
+    where the metadata says, so a broker advertising itself would see the relays' produce
+    connections bypass the proxy, and refuse and blackhole would cut nothing but new
+    bootstraps. The proxy listens first, on its own port, forwarding to the broker's.
+    """
+    broker_port = free_port()
     with (
         # Durable commits: -m immediate is a crash, and with synchronous_commit off a
         # crash forgets commits that sessions (and poll mode) already saw.
         EmbeddedPostgres(settings={"synchronous_commit": "on"}) as postgres,
-        EmbeddedBroker(log_file=base / "broker.log") as broker,
+        TcpProxy("127.0.0.1", broker_port) as proxy,
+        EmbeddedBroker(
+            broker_port, log_file=base / "broker.log", advertised_port=proxy.port
+        ) as broker,
     ):
-        yield postgres, broker
+        yield postgres, broker, proxy
 
 
 def inject(  # noqa: PLR0917 - the run's parts, passed as they are
@@ -254,6 +267,25 @@ def drain(url: str) -> bool:
     return False
 
 
+def all_through(url: str, forwarded: int) -> bool:
+    """Whether the relays' traffic went through the proxy: at least every sent payload.
+
+    Fewer bytes mean the produce requests reached the broker some other way (its own
+    advertised address), and the proxy's outages cut nothing.
+    """
+    sent_bytes = int(
+        str(
+            query(
+                url,
+                "SELECT coalesce(sum(octet_length(payload::text)), 0) FROM outbox "
+                "WHERE state = 'sent'",
+            )[0][0]
+        )
+    )
+    print(f"  bytes to the broker through the proxy: {forwarded} (sent payloads {sent_bytes})")
+    return forwarded >= sent_bytes
+
+
 def around_inversion(positions: list[int], ids: list[object]) -> list[object]:
     """The row ids around the first copy that arrived after a newer one of its key."""
     first = next((i for i in range(1, len(positions)) if positions[i] < positions[i - 1]), 0)
@@ -281,49 +313,51 @@ def run(  # noqa: PLR0917 - the command line, as it is
     rng = random.Random(seed)
     print(f"chaos: seed={seed} mode={mode} seconds={seconds:.0f} rate={rate:.0f}/s keys={keys}")
     topic = f"chaos-{uuid.uuid4().hex[:8]}"
-    with tempfile.TemporaryDirectory(prefix="chaos-") as tmp, stack(Path(tmp)) as (pg, broker):
+    with (
+        tempfile.TemporaryDirectory(prefix="chaos-") as tmp,
+        stack(Path(tmp)) as (pg, broker, proxy),
+    ):
         url = pg.url
         migrate.apply(Settings(database_url=url))
-        host, port = broker.bootstrap_servers.split(":")
-        with TcpProxy(host, int(port)) as proxy:
-            env = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
-            args = [
-                "--mode", mode,
-                "--database-url", url,
-                "--bootstrap-servers", proxy.address,
-                "--kafka-enable-idempotence", "false",
-                "--kafka-max-request-size", str(MAX_REQUEST_BYTES),
-                "--kafka-request-timeout-ms", "5000",
-                "--park-after-attempts", "2",
-                "--batch-size", str(BATCH_SIZE),
-                "--poll-interval", "0.2",
-                "--log-format", "json",
-                "--log-level", log_level,
-            ]  # fmt: skip
-            relays = [
-                Relay(name, args, env, Path(tmp) / f"{name}.log") for name in ("relay-a", "relay-b")
-            ]
-            for relay in relays:
-                relay.start()
-            # Its own generator: the fault sequence depends on the seed alone.
-            writer = Writer(url, topic, keys, rate, random.Random(seed + 1))
-            writer.start()
-            faults: Counter[str] = Counter()
-            deadline = time.monotonic() + seconds
-            while time.monotonic() < deadline:
-                time.sleep(rng.uniform(1.0, 4.0))
-                fault = rng.choice(FAULTS)
-                faults[fault] += 1
-                print(f"  t={seconds - (deadline - time.monotonic()):6.1f}s fault: {fault}")
-                inject(fault, rng, relays, pg, proxy, url)
-            writer.stop.set()
-            writer.join()
-            proxy.heal()
-            print(f"  faults: {dict(faults)}; written {writer.written} ({writer.poison} poison)")
+        env = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
+        args = [
+            "--mode", mode,
+            "--database-url", url,
+            "--bootstrap-servers", proxy.address,
+            "--kafka-enable-idempotence", "false",
+            "--kafka-max-request-size", str(MAX_REQUEST_BYTES),
+            "--kafka-request-timeout-ms", "5000",
+            "--park-after-attempts", "2",
+            "--batch-size", str(BATCH_SIZE),
+            "--poll-interval", "0.2",
+            "--log-format", "json",
+            "--log-level", log_level,
+        ]  # fmt: skip
+        relays = [
+            Relay(name, args, env, Path(tmp) / f"{name}.log") for name in ("relay-a", "relay-b")
+        ]
+        for relay in relays:
+            relay.start()
+        # Its own generator: the fault sequence depends on the seed alone.
+        writer = Writer(url, topic, keys, rate, random.Random(seed + 1))
+        writer.start()
+        faults: Counter[str] = Counter()
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            time.sleep(rng.uniform(1.0, 4.0))
+            fault = rng.choice(FAULTS)
+            faults[fault] += 1
+            print(f"  t={seconds - (deadline - time.monotonic()):6.1f}s fault: {fault}")
+            inject(fault, rng, relays, pg, proxy, url)
+        writer.stop.set()
+        writer.join()
+        proxy.heal()
+        print(f"  faults: {dict(faults)}; written {writer.written} ({writer.poison} poison)")
 
-            ok_drain = drain(url)
-            codes = [relay.stop() for relay in relays]
-            keep_logs(Path(tmp), keep)
+        ok_drain = drain(url)
+        codes = [relay.stop() for relay in relays]
+        keep_logs(Path(tmp), keep)
+        proxied = all_through(url, proxy.forwarded_upstream)
         rows = query(
             url,
             "SELECT event_id::text, key, topic, state, id FROM outbox ORDER BY id",
@@ -364,13 +398,17 @@ def run(  # noqa: PLR0917 - the command line, as it is
     windows += faults["terminate"] + faults["refuse"] + faults["blackhole"]
     duplicate_bound = max(windows, 1) * 3 * BATCH_SIZE
     print(f"  duplicates allowed by {windows} crash windows: {duplicate_bound}")
-    clean = ok_drain and not (
-        verdict.missing
-        or verdict.unexpected
-        or verdict.first_copy_disorder
-        or verdict.last_copy_disorder
-        or verdict.split_keys
-        or verdict.duplicates > duplicate_bound
+    clean = (
+        ok_drain
+        and proxied
+        and not (
+            verdict.missing
+            or verdict.unexpected
+            or verdict.first_copy_disorder
+            or verdict.last_copy_disorder
+            or verdict.split_keys
+            or verdict.duplicates > duplicate_bound
+        )
     )
     print(f"{'OK' if clean else 'FAILED'}: seed {seed}")
     return clean

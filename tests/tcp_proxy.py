@@ -66,6 +66,9 @@ class TcpProxy:
         self._listener: socket.socket | None = None
         self._closed = threading.Event()
         self._acceptor: threading.Thread | None = None
+        #: Bytes forwarded from clients to the target so far: what proves that traffic
+        #: (a Kafka client's produce requests, say) went through the proxy at all.
+        self.forwarded_upstream = 0
 
     @property
     def address(self) -> str:
@@ -154,12 +157,16 @@ class TcpProxy:
             upstream.settimeout(None)
             with self._lock:
                 self._pairs.append((client, upstream))
-            for source, sink in ((client, upstream), (upstream, client)):
+            for source, sink, up in ((client, upstream, True), (upstream, client, False)):
                 threading.Thread(
-                    target=self._pump, args=(source, sink), name="proxy-pump", daemon=True
+                    target=self._pump,
+                    args=(source, sink),
+                    kwargs={"upstream": up},
+                    name="proxy-pump",
+                    daemon=True,
                 ).start()
 
-    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
+    def _pump(self, source: socket.socket, sink: socket.socket, *, upstream: bool) -> None:
         try:
             while True:
                 data = source.recv(BUFFER_BYTES)
@@ -167,6 +174,9 @@ class TcpProxy:
                     break
                 if self.state is State.BLACKHOLE:
                     continue  # swallowed: the peer waits for an answer that never comes
+                if upstream:  # counted first: the answer may be back before sendall returns
+                    with self._lock:
+                        self.forwarded_upstream += len(data)
                 sink.sendall(data)
         except OSError:
             pass

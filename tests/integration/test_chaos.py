@@ -2,8 +2,10 @@
 
 Each seed is a sequence of relay kills, PostgreSQL restarts (fast and immediate), broker
 paths refused and blackholed, relay sessions terminated and operator retry/skip, under a
-live writer; the independent consumer's verdict must be clean. A seed that ever fails
-joins the list.
+live writer; the independent consumer's verdict must be clean. The broker advertises
+the proxy, so refuse and blackhole cut the relays' produce connections, not only their
+bootstraps (the run fails if the sent payloads did not all go through the proxy). A seed
+that ever fails joins the list.
 """
 
 from __future__ import annotations

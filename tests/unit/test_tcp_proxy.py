@@ -67,3 +67,17 @@ def test_forward_refuse_blackhole_heal(echo_port: int) -> None:
         held.close()
         proxy.heal()
         assert round_trip(proxy.port) == b"ping"
+
+
+def test_it_counts_what_it_forwards_to_the_target_and_not_what_it_swallows(
+    echo_port: int,
+) -> None:
+    with TcpProxy("127.0.0.1", echo_port) as proxy:
+        assert round_trip(proxy.port) == b"ping"
+        assert proxy.forwarded_upstream == 4  # the echo coming back is not counted
+        proxy.blackhole()
+        with socket.create_connection(("127.0.0.1", proxy.port), timeout=0.5) as held:
+            held.sendall(b"ping")
+            with pytest.raises(TimeoutError):
+                held.recv(4)
+        assert proxy.forwarded_upstream == 4
