@@ -14,7 +14,6 @@ import contextlib
 import dataclasses
 import json
 import queue
-import signal
 import subprocess
 import threading
 import time
@@ -260,7 +259,8 @@ def slot_wal_status(url: str, slot_name: str) -> str | None:
 def push_the_slot_past_max_slot_wal_keep_size(url: str) -> None:
     """Write WAL in another table across a few segments, then checkpoint: the slot's
     oldest segment goes, and with it the slot (the checkpointer ends its walsender)."""
-    with psycopg.connect(url, autocommit=True) as conn:
+    # Bounded: a checkpoint that cannot end fails the test instead of hanging the suite.
+    with psycopg.connect(url, autocommit=True, options="-c statement_timeout=60s") as conn:
         for _ in range(4):
             conn.execute("INSERT INTO filler (filler) SELECT repeat('x', 100)")
             conn.execute("SELECT pg_switch_wal()")
@@ -370,23 +370,32 @@ def test_on_sent_none_stops_the_relay_when_its_slot_is_dropped(
 
 
 def test_on_sent_none_stops_the_relay_when_its_slot_is_invalidated(
-    settings: Settings, topic: str, tmp_path: Path, small_wal_cluster: EmbeddedPostgres
+    settings: Settings,
+    topic: str,
+    tmp_path: Path,
+    small_wal_cluster: EmbeddedPostgres,
+    private_broker: EmbeddedBroker,
 ) -> None:
     url = small_wal_cluster.url
     slot = new_slot()
-    settings = dataclasses.replace(settings, database_url=url)
+    settings = dataclasses.replace(
+        settings, database_url=url, bootstrap_servers=private_broker.bootstrap_servers
+    )
     with (
         on_sent_none_relay(settings, tmp_path / "relay.log", slot) as relay,
         live_writer(url, topic, first_n=0),
     ):
         wait_until("streaming", lambda: relay.logged("streaming the outbox from the WAL"))
         wait_published(settings.bootstrap_servers, topic, 50)
-        relay.process.send_signal(signal.SIGSTOP)  # stuck: the slot cannot confirm
+        # The broker hangs, so the slot cannot confirm. (Not a stopped relay: its
+        # walsender would block writing to it, and the checkpoint that invalidates the
+        # slot waits for that walsender to exit.)
+        private_broker.pause()
         try:
             push_the_slot_past_max_slot_wal_keep_size(url)
             wait_until("the slot lost", lambda: slot_wal_status(url, slot) == "lost")
         finally:
-            relay.process.send_signal(signal.SIGCONT)
+            private_broker.resume()
         assert_stopped_with(
             relay,
             f"replication slot {slot} lost WAL it needed and --on-sent none keeps no record "
