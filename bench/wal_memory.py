@@ -159,12 +159,13 @@ def write_busy(
 
 
 def held(source: WalSource) -> str:
-    """What the WAL source holds: open tracker entries, events they wait for, in flight."""
+    """What the WAL source holds: tracker entries, queued and in-flight events."""
     tracker = source._tracker  # noqa: SLF001
-    fetched = source._fetched  # noqa: SLF001
+    queued = len(source._queue)  # noqa: SLF001
+    fetched = len(source._fetched.events)  # noqa: SLF001
     return (
         f"tracker {tracker.open_transactions} txs/{tracker.pending_events} events, "
-        f"in flight {len(fetched.events)}"
+        f"queued {queued}, in flight {fetched}"
     )
 
 
