@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import multiprocessing
 import resource
 import time
@@ -135,12 +136,14 @@ def write_busy(
     *,
     events_per_s: int,
     other_tps: int,
+    payload_bytes: int,
     written: multiprocessing.sharedctypes.Synchronized[int],
     other: multiprocessing.sharedctypes.Synchronized[int],
 ) -> None:
     """Commits one-event outbox transactions and one-row `busy` transactions for `seconds`."""
     per_tick_events = max(1, round(events_per_s * WRITER_TICK_S))
     per_tick_other = round(other_tps * WRITER_TICK_S)
+    payload = json.dumps({"sku": "SKU-1", "total": "149.90", "pad": "x" * payload_bytes})
     with psycopg.connect(url, autocommit=True) as conn:
         started = time.monotonic()
         tick = 0
@@ -148,7 +151,7 @@ def write_busy(
             for _ in range(per_tick_events):
                 conn.execute(
                     "INSERT INTO outbox (topic, key, payload) VALUES ('bench', %s, %s)",
-                    (f"order-{written.value % 1000}", '{"sku": "SKU-1", "total": "149.90"}'),
+                    (f"order-{written.value % 1000}", payload),
                 )
                 written.value += 1
             for _ in range(per_tick_other):
@@ -185,6 +188,7 @@ async def outage(settings: Settings, args: argparse.Namespace) -> float:
         kwargs={
             "events_per_s": args.events_per_s,
             "other_tps": args.other_tps,
+            "payload_bytes": args.payload_bytes,
             "written": written,
             "other": other,
         },
@@ -236,6 +240,9 @@ def main() -> None:
     parser.add_argument("--events-per-s", type=int, default=50, help="outbox rate (outage)")
     parser.add_argument(
         "--other-tps", type=int, default=500, help="transactions/s to another table (outage)"
+    )
+    parser.add_argument(
+        "--payload-bytes", type=int, default=0, help="padding per outbox payload (outage)"
     )
     args = parser.parse_args()
     logs.configure("warning", "console")
