@@ -4,7 +4,8 @@ One command starts its own PostgreSQL; Kafka is replaced by a publisher that
 acknowledges at once, so only the relay's own memory is measured::
 
     PYTHONPATH=. python bench/wal_memory.py [--events 1000000]
-    PYTHONPATH=. python bench/wal_memory.py --outage-seconds 600 [--events-per-s 50]
+    PYTHONPATH=. python bench/wal_memory.py --outage-seconds 600 [--events-per-s 50] \
+        [--other-tps 500] [--payload-bytes 0]
 
 The backlog is written before the relay starts (so it creates the slot and sweeps the
 table in the slot's snapshot, then streams); the relay drains it with ``--on-sent
