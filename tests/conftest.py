@@ -17,8 +17,9 @@ import psycopg.errors
 import pytest
 
 from relay import migrate
-from relay._embedded import EmbeddedBroker, EmbeddedPostgres
+from relay._embedded import EmbeddedBroker, EmbeddedPostgres, free_port
 from relay.config import Settings
+from tests.tcp_proxy import TcpProxy
 
 TEMPLATE = "outbox_template"
 _counter = itertools.count()
@@ -38,6 +39,18 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBroker]
     log = Path(tmp_path_factory.mktemp("broker")) / "broker.log"
     with EmbeddedBroker(log_file=log) as server:
         yield server
+
+
+@pytest.fixture
+def proxied_broker() -> Iterator[tuple[EmbeddedBroker, TcpProxy]]:
+    """A broker of the test's own behind a TCP proxy it advertises, so that every
+    connection, not only the bootstrap one, goes through the proxy and can be cut."""
+    port = free_port()
+    with (
+        TcpProxy("127.0.0.1", port) as proxy,
+        EmbeddedBroker(port, advertised_port=proxy.port) as broker,
+    ):
+        yield broker, proxy
 
 
 def _drop_database(cluster: EmbeddedPostgres, name: str) -> None:

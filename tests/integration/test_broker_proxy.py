@@ -4,24 +4,12 @@ advertises the proxy: Kafka clients bootstrap once, then connect where the metad
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 
-import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
-from relay._embedded import EmbeddedBroker, free_port
+from relay._embedded import EmbeddedBroker
 from tests.tcp_proxy import TcpProxy
-
-
-@pytest.fixture
-def proxied_broker() -> Iterator[tuple[EmbeddedBroker, TcpProxy]]:
-    port = free_port()
-    with (
-        TcpProxy("127.0.0.1", port) as proxy,
-        EmbeddedBroker(port, advertised_port=proxy.port) as broker,
-    ):
-        yield broker, proxy
 
 
 async def send(producer: AIOKafkaProducer) -> bool:

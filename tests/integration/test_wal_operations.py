@@ -44,6 +44,7 @@ from tests.integration.poll_stack import (
 from tests.integration.test_wal_relay import drop_slot_under_the_relay
 from tests.oracle import assert_delivered, outbox_rows
 from tests.support import Consumed, consume, run_cli
+from tests.tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.slow
 
@@ -53,6 +54,10 @@ BATCH_SIZE = 100
 #: (relay/loop.py). Those, and only those, are published again.
 IN_FLIGHT_BOUND = BATCH_SIZE * (1 + MAX_PENDING_ACKS)
 KEYS = 10
+#: The backlog a kill -9 test cuts short: large enough that the relay is still at it
+#: (pending rows left) a poll after 1500 are sent, on a fast machine too (a 6000-event
+#: backlog was once all sent within that poll).
+KILL_BACKLOG = 20_000
 
 
 def new_slot() -> str:
@@ -184,8 +189,8 @@ def test_two_wal_relays_the_leader_killed_mid_stream_the_standby_takes_over(
         wait_until("a leader", lambda: leader.logged("streaming the outbox from the WAL"))
         standby = stack.enter_context(relay_process(settings, tmp_path / "b.log", *args))
         wait_until("a standby", lambda: standby.logged("standing by: another relay is the leader"))
-        insert_events(url, topic, 6000, keys=KEYS)  # a backlog, then live writes
-        writer = stack.enter_context(live_writer(url, topic, first_n=6000))
+        insert_events(url, topic, KILL_BACKLOG, keys=KEYS)  # a backlog, then live writes
+        writer = stack.enter_context(live_writer(url, topic, first_n=KILL_BACKLOG))
         kill_mid_stream(leader, url, at_least_sent=1500)
         killed = time.monotonic()
         wait_until("takeover", lambda: standby.logged("leadership acquired"), timeout_s=30)
@@ -198,7 +203,7 @@ def test_two_wal_relays_the_leader_killed_mid_stream_the_standby_takes_over(
     records = records_of(settings.bootstrap_servers, topic, len(expected))
     # The leader was dead before the standby led: the last copies keep order too.
     assert_delivered(records, expected, max_duplicates=IN_FLIGHT_BOUND)
-    assert len(expected) > 6000 + 100
+    assert len(expected) > KILL_BACKLOG + 100
 
 
 def test_kill_9_under_load_publishes_again_only_what_was_in_flight(
@@ -210,8 +215,8 @@ def test_kill_9_under_load_publishes_again_only_what_was_in_flight(
     log = tmp_path / "relay.log"
     with relay_process(settings, log, *args) as first:
         wait_until("streaming", lambda: first.logged("streaming the outbox from the WAL"))
-        insert_events(url, topic, 6000, keys=KEYS)
-        with live_writer(url, topic, first_n=6000) as writer:
+        insert_events(url, topic, KILL_BACKLOG, keys=KEYS)
+        with live_writer(url, topic, first_n=KILL_BACKLOG) as writer:
             kill_mid_stream(first, url, at_least_sent=1500)
             wait_written(writer, 100)  # written while no relay runs
             with relay_process(settings, log, *args):
@@ -504,22 +509,39 @@ def test_a_postgres_restart_while_the_relay_lags_under_live_writes(
     topic: str,
     tmp_path: Path,
     durable_cluster: EmbeddedPostgres,
+    proxied_broker: tuple[EmbeddedBroker, TcpProxy],
     shutdown: str,
 ) -> None:
     """A backlog half published, the writer writing, then ``pg_ctl stop -m <shutdown>``
     and start: the relay's sessions end, its leadership too, and a fresh source must
-    neither publish again what was marked sent nor put an old copy after a newer one."""
+    neither publish again what was marked sent nor put an old copy after a newer one.
+
+    The relay lags for certain, whatever the machine's speed: once part of the backlog
+    is sent, the network to the broker goes dark, the rest of the backlog is written and
+    streamed into the relay's queue but cannot leave it, and the restart comes then. The
+    broker comes back after the restart.
+    """
+    broker, proxy = proxied_broker
     url = durable_cluster.url
-    settings = dataclasses.replace(settings, database_url=url)
-    with relay_process(settings, tmp_path / "relay.log", *wal_args(new_slot())) as relay:
+    settings = dataclasses.replace(
+        settings, database_url=url, bootstrap_servers=broker.bootstrap_servers
+    )
+    with relay_process(
+        settings, tmp_path / "relay.log", *wal_args(new_slot(), "--kafka-request-timeout-ms", "3000")
+    ) as relay:
         wait_until("streaming", lambda: relay.logged("streaming the outbox from the WAL"))
-        insert_events(url, topic, 6000, keys=KEYS)
-        with live_writer(url, topic, first_n=6000) as writer:
+        insert_events(url, topic, 3000, keys=KEYS)
+        with live_writer(url, topic, first_n=3000) as writer:
             wait_until("a part sent", lambda: sent(url) >= 1500)
+            proxy.blackhole()
+            insert_events(url, topic, 3000, keys=KEYS)
+            wait_written(writer, 50)
             before = states(url)
             durable_cluster.stop(shutdown)
-            assert before.get("pending", 0) > 0, f"not lagging: {before}"
+            assert before.get("pending", 0) >= 3000, f"not lagging: {before}"
+            assert before.get("sent", 0) >= 1500, before
             durable_cluster.start()
+            proxy.heal()
             wait_written(writer, 150)
             writer.stop()
             wait_until("everything sent", lambda: nothing_pending(url))
