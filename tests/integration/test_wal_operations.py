@@ -509,6 +509,7 @@ def test_a_postgres_restart_while_the_relay_lags_under_live_writes(
     topic: str,
     tmp_path: Path,
     durable_cluster: EmbeddedPostgres,
+    *,
     proxied_broker: tuple[EmbeddedBroker, TcpProxy],
     shutdown: str,
 ) -> None:
@@ -526,9 +527,8 @@ def test_a_postgres_restart_while_the_relay_lags_under_live_writes(
     settings = dataclasses.replace(
         settings, database_url=url, bootstrap_servers=broker.bootstrap_servers
     )
-    with relay_process(
-        settings, tmp_path / "relay.log", *wal_args(new_slot(), "--kafka-request-timeout-ms", "3000")
-    ) as relay:
+    args = wal_args(new_slot(), "--kafka-request-timeout-ms", "3000")
+    with relay_process(settings, tmp_path / "relay.log", *args) as relay:
         wait_until("streaming", lambda: relay.logged("streaming the outbox from the WAL"))
         insert_events(url, topic, 3000, keys=KEYS)
         with live_writer(url, topic, first_n=3000) as writer:
