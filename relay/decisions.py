@@ -529,8 +529,13 @@ def row_headers(text: str) -> dict[str, bytes]:
         parsed = _DECODER.raw_decode(text)[0]
     except (ValueError, RecursionError):
         parsed = None
-    if type(parsed) is dict and all(type(value) is str for value in parsed.values()):
-        return {name: value.encode() for name, value in parsed.items()}
+    if type(parsed) is dict:
+        # Only a str has `encode` among the decoder's values (numbers, booleans, None,
+        # lists, dicts have none): one pass, no separate check of the types.
+        try:
+            return {name: value.encode() for name, value in parsed.items()}
+        except AttributeError:
+            pass
     return _scan_headers(text)
 
 
