@@ -80,8 +80,14 @@ class InMemorySource:
         self._new.set()
 
     def release(self, id_: int) -> None:
-        """An operator releases a parked row."""
-        self.rows[id_].state = EventState.PENDING
+        """An operator releases a parked row, as ``outbox-relay retry`` does.
+
+        Pending again with its attempts reset: a row that fails again gets every attempt
+        again before it parks. A row that is not parked is left as it is.
+        """
+        row = self.rows[id_]
+        if row.state is EventState.PARKED:
+            row.state, row.attempts, row.last_error = EventState.PENDING, 0, None
         self._cursor = 0
 
     def state(self, id_: int) -> EventState:

@@ -7,18 +7,17 @@ its own topic names, so tests never see each other's events.
 from __future__ import annotations
 
 import itertools
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
-import psycopg.errors
 import pytest
 
 from relay import migrate
 from relay._embedded import EmbeddedBroker, EmbeddedPostgres, free_port
 from relay.config import Settings
+from tests.support import drop_database
 from tests.tcp_proxy import TcpProxy
 
 TEMPLATE = "outbox_template"
@@ -53,30 +52,6 @@ def proxied_broker() -> Iterator[tuple[EmbeddedBroker, TcpProxy]]:
         yield broker, proxy
 
 
-def _drop_database(cluster: EmbeddedPostgres, name: str) -> None:
-    with psycopg.connect(cluster.url, autocommit=True) as conn:
-        # A logical slot pins its database: drop the test's slots first. A relay a test
-        # left reconnecting may take a slot again between the two statements: retry.
-        for attempt in range(20):
-            conn.execute(
-                "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots "
-                "WHERE database = %s AND active_pid IS NOT NULL",
-                (name,),
-            )
-            try:
-                conn.execute(
-                    "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
-                    "WHERE database = %s",
-                    (name,),
-                )
-                break
-            except psycopg.errors.ObjectInUse:
-                if attempt == 19:
-                    raise
-                time.sleep(0.1)
-        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-
-
 @pytest.fixture
 def database_url(postgres: EmbeddedPostgres) -> Iterator[str]:
     """A fresh database with the outbox already migrated."""
@@ -84,7 +59,7 @@ def database_url(postgres: EmbeddedPostgres) -> Iterator[str]:
     with psycopg.connect(postgres.url, autocommit=True) as conn:
         conn.execute(f"CREATE DATABASE {name} TEMPLATE {TEMPLATE}")
     yield postgres.url_for(name)
-    _drop_database(postgres, name)
+    drop_database(postgres.url, name)
 
 
 @pytest.fixture
@@ -94,7 +69,7 @@ def empty_database_url(postgres: EmbeddedPostgres) -> Iterator[str]:
     with psycopg.connect(postgres.url, autocommit=True) as conn:
         conn.execute(f"CREATE DATABASE {name}")
     yield postgres.url_for(name)
-    _drop_database(postgres, name)
+    drop_database(postgres.url, name)
 
 
 @pytest.fixture

@@ -1,4 +1,5 @@
-"""What the tests share: reading back what reached Kafka, and running the CLI."""
+"""What the tests share: reading back what reached Kafka, running the CLI, dropping a
+test database."""
 
 from __future__ import annotations
 
@@ -7,10 +8,14 @@ import dataclasses
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterable
 from pathlib import Path
 
+import psycopg
+import psycopg.errors
 from aiokafka import AIOKafkaConsumer
+from aiokafka.structs import ConsumerRecord
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -25,6 +30,18 @@ class Consumed:
     key: str | None
     value: bytes | None
     headers: dict[str, bytes]
+
+    @classmethod
+    def of(cls, message: ConsumerRecord[bytes, bytes]) -> Consumed:
+        """The record an aiokafka consumer returned."""
+        return cls(
+            topic=message.topic,
+            partition=message.partition,
+            offset=message.offset,
+            key=message.key.decode() if message.key is not None else None,
+            value=message.value,
+            headers={name: bytes(value) for name, value in message.headers},
+        )
 
     @property
     def event_id(self) -> str:
@@ -59,16 +76,7 @@ async def consume(
             batch = await consumer.getmany(timeout_ms=200)
             for messages in batch.values():
                 for message in messages:
-                    records.append(
-                        Consumed(
-                            topic=message.topic,
-                            partition=message.partition,
-                            offset=message.offset,
-                            key=message.key.decode() if message.key is not None else None,
-                            value=message.value,
-                            headers={k: bytes(v) for k, v in message.headers},
-                        )
-                    )
+                    records.append(Consumed.of(message))
                     last_new = loop.time()
             if len(records) >= expected and loop.time() - last_new >= idle_s:
                 break
@@ -91,3 +99,29 @@ def run_cli(
         check=False,
         cwd=REPO,
     )
+
+
+def drop_database(server_url: str, name: str) -> None:
+    """Drop the test database `name` and its replication slots, from `server_url`."""
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        # A logical slot pins its database: drop the test's slots first. A relay a test
+        # left reconnecting may take a slot again between the two statements, and a
+        # stopped relay's walsender may not have let go of it yet: retry.
+        for attempt in range(50):
+            conn.execute(
+                "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots "
+                "WHERE database = %s AND active_pid IS NOT NULL",
+                (name,),
+            )
+            try:
+                conn.execute(
+                    "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
+                    "WHERE database = %s",
+                    (name,),
+                )
+                break
+            except psycopg.errors.ObjectInUse:
+                if attempt == 49:
+                    raise
+                time.sleep(0.1)
+        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")

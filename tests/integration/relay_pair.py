@@ -23,14 +23,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
-import psycopg.errors
 from aiokafka import AIOKafkaConsumer
 
 from relay import migrate
 from relay._embedded import EmbeddedBroker, EmbeddedPostgres
 from relay.config import Mode, Settings
 from tests.integration.poll_stack import RelayProcess, relay_process
-from tests.support import Consumed
+from tests.support import Consumed, drop_database
 
 #: The two tables, by mode.
 TABLES = {Mode.POLL: "outbox", Mode.WAL: "outbox_wal"}
@@ -118,14 +117,7 @@ class RelayPair:
         batch = self._loop.run_until_complete(self._consumer.getmany(timeout_ms=20))
         for messages in batch.values():
             for message in messages:
-                record = Consumed(
-                    topic=message.topic,
-                    partition=message.partition,
-                    offset=message.offset,
-                    key=message.key.decode() if message.key is not None else None,
-                    value=message.value,
-                    headers={name: bytes(value) for name, value in message.headers},
-                )
+                record = Consumed.of(message)
                 self._received[(message.topic, record.event_id)] = record
                 self._headers[(message.topic, record.event_id)] = [
                     (name, bytes(value)) for name, value in message.headers
@@ -247,17 +239,4 @@ def relay_pair(
             finally:
                 pair.close()
     finally:
-        with psycopg.connect(postgres.url, autocommit=True) as conn:
-            for attempt in range(50):
-                try:
-                    conn.execute(
-                        "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
-                        "WHERE database = %s",
-                        (name,),
-                    )
-                    break
-                except psycopg.errors.ObjectInUse:
-                    if attempt == 49:
-                        raise
-                    time.sleep(0.1)
-            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        drop_database(postgres.url, name)

@@ -21,8 +21,8 @@ from relay._embedded import EmbeddedPostgres
 from relay.cli import main
 from relay.errors import ConfigError, InvalidEventError
 from relay.producer import Event, Outbox, publish
-from tests.conftest import TEMPLATE, _drop_database
-from tests.support import run_cli
+from tests.conftest import TEMPLATE
+from tests.support import drop_database, run_cli
 
 #: Commands that take the settings (demo starts its own stack and takes none).
 COMMANDS: tuple[tuple[str, ...], ...] = (
@@ -121,7 +121,7 @@ def database(postgres: EmbeddedPostgres) -> Iterator[str]:
     with psycopg.connect(url) as conn:
         conn.execute("SELECT outbox_publish('orders', 'k', '{\"n\": 1}', '{}')")
     yield url
-    _drop_database(postgres, name)
+    drop_database(postgres.url, name)
 
 
 def snapshot(url: str) -> tuple[Any, ...]:

@@ -332,11 +332,26 @@ def test_a_slot_dropped_under_live_writes_is_recreated_and_loses_nothing(
     assert_delivered(records, expected, max_duplicates=IN_FLIGHT_BOUND)
 
 
+@contextlib.contextmanager
 def on_sent_none_relay(
-    settings: Settings, log: Path, slot_name: str
-) -> contextlib.AbstractContextManager[RelayProcess]:
-    return relay_process(
-        settings, log, *wal_args(slot_name, "--on-sent", "none", "--poison", "skip")
+    settings: Settings, topic: str, log: Path, slot_name: str
+) -> Iterator[RelayProcess]:
+    """A ``--on-sent none`` relay under live writes, streaming and publishing already."""
+    args = wal_args(slot_name, "--on-sent", "none", "--poison", "skip")
+    with (
+        relay_process(settings, log, *args) as relay,
+        live_writer(settings.database_url, topic, first_n=0),
+    ):
+        wait_until("streaming", lambda: relay.logged("streaming the outbox from the WAL"))
+        wait_published(settings.bootstrap_servers, topic, 50)
+        yield relay
+
+
+def slot_disappeared(slot_name: str) -> str:
+    """The error a ``--on-sent none`` relay stops with when its slot is gone."""
+    return (
+        f"replication slot {slot_name} disappeared and --on-sent none keeps no record of "
+        "what was sent: events may be missing"
     )
 
 
@@ -358,18 +373,9 @@ def test_on_sent_none_stops_the_relay_when_its_slot_is_dropped(
     """With --on-sent none only the slot knew what was sent: no silent new slot."""
     url = settings.database_url
     slot = new_slot()
-    with (
-        on_sent_none_relay(settings, tmp_path / "relay.log", slot) as relay,
-        live_writer(url, topic, first_n=0),
-    ):
-        wait_until("streaming", lambda: relay.logged("streaming the outbox from the WAL"))
-        wait_published(settings.bootstrap_servers, topic, 50)
+    with on_sent_none_relay(settings, topic, tmp_path / "relay.log", slot) as relay:
         drop_slot_under_the_relay(url, slot)
-        assert_stopped_with(
-            relay,
-            f"replication slot {slot} disappeared and --on-sent none keeps no record of "
-            "what was sent: events may be missing",
-        )
+        assert_stopped_with(relay, slot_disappeared(slot))
     assert slot_wal_status(url, slot) is None  # not recreated behind the operator's back
     assert states(url).keys() == {"pending"}  # and nothing marked
 
@@ -386,12 +392,7 @@ def test_on_sent_none_stops_the_relay_when_its_slot_is_invalidated(
     settings = dataclasses.replace(
         settings, database_url=url, bootstrap_servers=private_broker.bootstrap_servers
     )
-    with (
-        on_sent_none_relay(settings, tmp_path / "relay.log", slot) as relay,
-        live_writer(url, topic, first_n=0),
-    ):
-        wait_until("streaming", lambda: relay.logged("streaming the outbox from the WAL"))
-        wait_published(settings.bootstrap_servers, topic, 50)
+    with on_sent_none_relay(settings, topic, tmp_path / "relay.log", slot) as relay:
         # The broker hangs, so the slot cannot confirm. (Not a stopped relay: its
         # walsender would block writing to it, and the checkpoint that invalidates the
         # slot waits for that walsender to exit.)
@@ -559,12 +560,7 @@ def test_on_sent_none_stops_when_the_slot_is_gone_after_a_lost_leadership_sessio
     new one, silently skipping what was written meanwhile."""
     url = settings.database_url
     slot = new_slot()
-    with (
-        on_sent_none_relay(settings, tmp_path / "relay.log", slot) as relay,
-        live_writer(url, topic, first_n=0),
-    ):
-        wait_until("streaming", lambda: relay.logged("streaming the outbox from the WAL"))
-        wait_published(settings.bootstrap_servers, topic, 50)
+    with on_sent_none_relay(settings, topic, tmp_path / "relay.log", slot) as relay:
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
@@ -578,9 +574,5 @@ def test_on_sent_none_stops_when_the_slot_is_gone_after_a_lost_leadership_sessio
                     break
                 except psycopg.errors.ObjectInUse:
                     time.sleep(0.01)
-        assert_stopped_with(
-            relay,
-            f"replication slot {slot} disappeared and --on-sent none keeps no record of "
-            "what was sent: events may be missing",
-        )
+        assert_stopped_with(relay, slot_disappeared(slot))
     assert slot_wal_status(url, slot) is None
