@@ -16,8 +16,8 @@ these objects what to do (psycopg's ``generators.py`` / ``waiting.py`` split).
   transaction is not visible yet (to retry), as opposed to rows settled otherwise.
 * `Unmarked` keeps the sent events whose mark found no visible row yet, until a mark
   finds it: only then do their transactions count as settled.
-* `released_front` orders a release sweep's rows with the released keys' events still
-  queued: per key in outbox order, ahead of the rest, each row once.
+* `ReleaseMerge` merges a release sweep's rows, chunk by chunk, with the released
+  keys' events still queued: per key in outbox order, each row once.
 * `waits_behind` says whether an event waits behind its key's parked event: only the
   events after it in outbox order do.
 * `parked_copy` shrinks content that cannot be parked as it is (over the outbox's
@@ -270,30 +270,62 @@ class Unmarked:
         self._events.clear()
 
 
-def released_front(
-    queued: Iterable[OutboxEvent], swept: Iterable[OutboxEvent], keys: frozenset[str]
-) -> tuple[list[OutboxEvent], list[OutboxEvent]]:
-    """What goes in front of the queue after a release sweep, and the queue behind it.
+class ReleaseMerge:
+    """A release sweep's rows merged with the released keys' events still queued.
 
-    The sweep read the released `keys`' pending rows, ahead of everything queued (they
-    are older than what waited behind them). But rows of those keys decoded before the
-    key was parked may still be queued (not fetched yet, so never held), and the sweep
-    also read rows the stream has not decoded yet, newer than those. So the queued rows
-    of the released keys join the swept ones, all in id order (outbox order per key);
-    every other event keeps its place. Table-less events (id 0) stay where they are.
+    The sweep reads the released keys' pending rows in id order, chunk by chunk as the
+    loop takes them (memory bounded by a chunk, whatever the release's size). But rows
+    of those keys decoded before the key was parked may still be queued (not fetched
+    yet, so never held), and the sweep also reads rows the stream has not decoded yet,
+    newer than those. So the queued events of the released keys are taken out of the
+    queue (`split`) and each goes back just before the first swept row newer than it
+    (`merge`), the rest after the last chunk (`remaining`): per released key, one
+    sequence in id order (outbox order). Every other event keeps its place in the
+    queue, table-less ones (id 0) included; no other key's order depends on the swept
+    rows.
 
     A row may be both queued and swept: the stream queued it after the release took
     its key off the parked ones and before the sweep's snapshot and hand-over existed,
     and the snapshot saw it pending. The queued copy is the one kept (the stream's
     tracker counts it: it settles its transaction); the swept copy is dropped.
     """
-    moved: list[OutboxEvent] = []
-    rest: list[OutboxEvent] = []
-    for event in queued:
-        (moved if event.id and event.key in keys else rest).append(event)
-    queued_ids = {event.id for event in moved}
-    front = sorted([*(row for row in swept if row.id not in queued_ids), *moved], key=_row_id)
-    return front, rest
+
+    __slots__ = ("_moved",)
+
+    def __init__(self, moved: Iterable[OutboxEvent]) -> None:
+        self._moved = collections.deque(sorted(moved, key=_row_id))
+
+    @classmethod
+    def split(
+        cls, queued: Iterable[OutboxEvent], keys: frozenset[str]
+    ) -> tuple[ReleaseMerge, list[OutboxEvent]]:
+        """The merge of the released `keys`' queued rows, and the queue without them."""
+        moved: list[OutboxEvent] = []
+        rest: list[OutboxEvent] = []
+        for event in queued:
+            (moved if event.id and event.key in keys else rest).append(event)
+        return cls(moved), rest
+
+    def merge(self, row: OutboxEvent) -> list[OutboxEvent]:
+        """What to queue for the next swept `row` (swept rows come in id order)."""
+        moved = self._moved
+        out: list[OutboxEvent] = []
+        while moved and moved[0].id < row.id:
+            out.append(moved.popleft())
+        if moved and moved[0].id == row.id:
+            out.append(moved.popleft())  # the queued copy, not the swept one
+        else:
+            out.append(row)
+        return out
+
+    def remaining(self) -> list[OutboxEvent]:
+        """The queued events newer than every swept row: they go after the last chunk."""
+        out = list(self._moved)
+        self._moved.clear()
+        return out
+
+    def __len__(self) -> int:
+        return len(self._moved)
 
 
 def _row_id(event: OutboxEvent) -> int:

@@ -130,11 +130,11 @@ from relay.sql import query
 from relay.wal._core import (
     AckTracker,
     HandOver,
+    ReleaseMerge,
     Snapshot,
     Unmarked,
     note_parked,
     parked_copy,
-    released_front,
     unseen_rows,
     waits_behind,
 )
@@ -666,6 +666,8 @@ class _SweepState:
     keys: frozenset[str] | None = None
     #: Released rows without a key (a release).
     ids: list[int] = dataclasses.field(default_factory=list)
+    #: A release's queued events of its keys, merged into the swept rows in id order.
+    merge: ReleaseMerge | None = None
     after_id: int = 0
     swept: int = 0
 
@@ -1111,11 +1113,12 @@ class WalSource:
 
         The rows are read in chunks as the loop consumes them, in one REPEATABLE READ
         transaction; the stream waits until the last chunk is queued, so every swept row
-        goes before what the stream brings. With `front`, only the rows of the released
-        `keys` are read, and they go all at once ahead of what is queued, together with
-        those keys' events still queued, in outbox order (`relay.wal._core.released_front`).
-        The stream goes on queueing until the hand-over exists: a released key's row it
-        queued meanwhile that the snapshot saw is swept too, and only its queued copy goes.
+        goes before what the stream brings. With `front` (a release), only the rows of
+        the released `keys` are read, and those keys' events still queued are merged
+        into them in outbox order (`relay.wal._core.ReleaseMerge`); other keys' events
+        keep their places. The stream goes on queueing until the hand-over exists: a
+        released key's row it queued meanwhile that the snapshot saw is swept too, and
+        only its queued copy goes.
         """
         conn = self._sweep_conn
         assert conn is not None  # noqa: S101 - connected by the caller
@@ -1137,25 +1140,21 @@ class WalSource:
         )
         self._parked_ids, self._parked_keys = parked_state(parked)
         self._parked_checked_s = time.monotonic()
-        self._sweep_state = _SweepState(
+        state = self._sweep_state = _SweepState(
             outstanding, dict(self._parked_keys), keys=keys, ids=sorted(ids)
         )
         self._room.clear()
         if front:
-            swept: list[OutboxEvent] = []
-            while await self._sweep_chunk(swept):
-                pass
-            # No await from here on: the queue is rebuilt in one step.
-            ahead, behind = released_front(self._queue, swept, keys or frozenset())
+            # From here on the stream queues nothing until the sweep ends (it waits while
+            # a sweep runs): what is queued now is all the merge must know.
+            state.merge, rest = ReleaseMerge.split(self._queue, keys or frozenset())
             self._queue.clear()
-            self._queue.extend(ahead)
-            self._queue.extend(behind)
-        else:
-            await self._sweep_chunk(self._queue)
+            self._queue.extend(rest)
+        await self._sweep_chunk()
         if self._queue:
             self._has_events.set()
 
-    async def _sweep_chunk(self, into: list[OutboxEvent] | collections.deque[OutboxEvent]) -> bool:
+    async def _sweep_chunk(self) -> bool:
         """Queue the next chunk of the sweep; False (and the sweep ends) after the last."""
         conn = self._sweep_conn
         state = self._sweep_state
@@ -1177,7 +1176,7 @@ class WalSource:
                 },
             )
         rows = await cursor.fetchall()
-        unreadable = self._queue_swept(rows, state, into)
+        unreadable = self._queue_swept(rows, state)
         if unreadable:
             try:
                 await self._park_unreadable(unreadable)
@@ -1188,6 +1187,8 @@ class WalSource:
         if len(rows) == SWEEP_CHUNK:
             return True
         await conn.execute("COMMIT")
+        if state.merge is not None:
+            self._queue.extend(state.merge.remaining())
         self._sweep_state = None
         self._room.set()
         if state.swept:
@@ -1195,13 +1196,12 @@ class WalSource:
         return False
 
     def _queue_swept(
-        self,
-        rows: Sequence[Sequence[Any]],
-        state: _SweepState,
-        into: list[OutboxEvent] | collections.deque[OutboxEvent],
+        self, rows: Sequence[Sequence[Any]], state: _SweepState
     ) -> list[UnreadableRow]:
         """Queue the events of swept rows; the rows that cannot become one."""
         park_keys = self._park_keys
+        queue = self._queue
+        merge = state.merge
         unreadable = []
         for row in rows:
             try:
@@ -1214,13 +1214,16 @@ class WalSource:
                 continue
             if park_keys and waits_behind(event.key, event.id, state.parked_keys):
                 continue  # waits behind a parked event, pending in the table
-            into.append(event)
+            if merge is None:
+                queue.append(event)
+            else:
+                queue.extend(merge.merge(event))
             state.swept += 1
         return unreadable
 
     async def _continue_sweep(self) -> None:
         try:
-            await self._sweep_chunk(self._queue)
+            await self._sweep_chunk()
         except psycopg.Error as exc:
             raise DatabaseError(f"cannot read pending events: {first_line(exc)}") from None
         if self._queue:

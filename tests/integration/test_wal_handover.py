@@ -275,6 +275,48 @@ async def test_a_release_never_puts_a_keys_newer_rows_ahead_of_its_queued_ones(
     assert [event.id for event in got] == [1, 2, 3]
 
 
+async def test_a_release_reads_a_long_held_key_chunk_by_chunk(
+    settings: Settings, topic: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A key parked while its service kept writing holds every later row in the table;
+    the operator's retry released them all at once, and the release sweep read every
+    chunk into memory before queueing any (millions of rows for a hot key parked for an
+    hour). It now queues one chunk at a time as the loop takes them, in outbox order."""
+    chunk = 50
+    monkeypatch.setattr(wal_source, "PARKED_REFRESH_S", 0.2)
+    monkeypatch.setattr(wal_source, "SWEEP_CHUNK", chunk)
+    settings = wal_settings(settings)
+    url = settings.database_url
+    source = WalSource(settings)
+    await source.start()
+    held = 20 * chunk
+    try:
+        insert_events(url, topic, ["k"])  # row 1, to be parked
+        poison = await fetch_some(source, 1)
+        failure = PublishFailure(error="RecordTooLarge", retriable=False)
+        parked = FailedEvent(poison[0], failure, attempts=2, park=True)
+        await source.acknowledge(Acknowledgement(sent=(), failed=(parked,)))
+        insert_events(url, topic, ["k"] * held, per_transaction=100, start=1)
+        insert_events(url, topic, ["other"], start=held + 1)
+        other = await fetch_some(source, 5)  # the held rows stay in the table
+        assert [event.key for event in other] == ["other"]
+        await source.acknowledge(Acknowledgement(sent=tuple(other)))
+        with psycopg.connect(url) as conn:  # the operator's retry
+            conn.execute("UPDATE outbox SET state = 'pending', parked_at = NULL WHERE id = 1")
+        await asyncio.sleep(0.3)  # past the parked rows' refresh
+        got: list[int] = []
+        most_queued = 0
+        while len(got) < held + 1:
+            batch = await fetch_some(source, 10)
+            most_queued = max(most_queued, len(source._queue))
+            await source.acknowledge(Acknowledgement(sent=tuple(batch)))
+            got.extend(event.id for event in batch)
+    finally:
+        await source.stop()
+    assert got == list(range(1, held + 2))
+    assert most_queued <= 2 * 10 + chunk, most_queued
+
+
 async def test_a_release_after_the_sweep_connection_died_still_publishes_the_key(
     settings: Settings, topic: str
 ) -> None:
