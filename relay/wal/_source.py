@@ -1242,7 +1242,12 @@ class WalSource:
             raise DatabaseError(f"cannot read parked events: {first_line(exc)}") from None
         self._parked_checked_s = time.monotonic()
         parked_ids, parked_keys = parked_state(parked)
-        released_keys = frozenset(self._parked_keys.keys() - parked_keys.keys())
+        # A key is released when it holds nothing any more, and also when its first
+        # parked row went (a later one stays parked): the rows between the two, and the
+        # released row itself, are due now; the sweep's `waits_behind` keeps the rest.
+        released_keys = frozenset(
+            key for key, first in self._parked_keys.items() if parked_keys.get(key) != first
+        )
         released_ids = self._parked_ids - parked_ids
         self._parked_ids, self._parked_keys = parked_ids, parked_keys
         if released_keys or released_ids:

@@ -59,12 +59,6 @@ TWO_PARKED = [
     ("a", "refunds", PARKED),
     ("a", "payments", PENDING),
 ]
-#: A known fault of the WAL source, not of the rule (the fake and the poll source pass).
-WAL_EARLIER_RELEASE = (
-    "the WAL source sweeps a released row only when its key has no parked row left (or it "
-    "has no key), so a key's earlier parked row released while a later one stays parked, "
-    "and the rows between them, stay pending until the source restarts"
-)
 #: How long a source gets to publish what it must not (a held row): many fetches of the
 #: loop, and of the WAL source's re-reads of the parked rows (`PARKED_REFRESH_S` below).
 SETTLE_S = 0.5
@@ -255,10 +249,8 @@ async def test_of_two_parked_rows_the_later_released_waits_behind_the_earlier(
 
 
 async def test_of_two_parked_rows_the_earlier_released_goes_up_to_the_later(
-    open_outbox: OpenOutbox, request: pytest.FixtureRequest
+    open_outbox: OpenOutbox,
 ) -> None:
-    if request.node.callspec.params["open_outbox"] == "wal":
-        request.applymarker(pytest.mark.xfail(reason=WAL_EARLIER_RELEASE, strict=True))
     publisher = RecordingPublisher()
     async with open_outbox(TWO_PARKED) as outbox:
         loop = RelayLoop(outbox.source, publisher, CONFIG)
@@ -272,7 +264,6 @@ async def test_of_two_parked_rows_the_earlier_released_goes_up_to_the_later(
             loop,
             "the rows before the second parked one",
             in_states(outbox, {1: SENT, 2: SENT, 3: SENT, 4: SENT, 5: PARKED, 6: PENDING}),
-            timeout_s=3,  # a tenth of a second where it works: the WAL case waits no longer
         )
         assert of_key(publisher, "a") == [1, 2, 3]
         outbox.release(5)
