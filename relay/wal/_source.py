@@ -594,6 +594,12 @@ class StreamDecoder:
 
 #: Events decoded ahead of the loop; the stream is not read further while this many wait.
 MAX_QUEUED_EVENTS: Final = 50_000
+#: Nor while their payloads, keys and headers (`queued_size`) add up to this many bytes:
+#: through a broker outage the queue fills, and with the count cap alone its memory grew
+#: with the payload size (199 MB RSS at 2 KB payloads against issue 9's 150 MB). 32 MiB
+#: keeps the worst case, payloads just small enough for the count cap to bind first
+#: (about 650 bytes), near 130 MB, and still reads 3,000 events of 10 KB ahead.
+MAX_QUEUED_BYTES: Final = 32 * 1024 * 1024
 #: A standby status update goes at least this often (the server times out at 60 s).
 STATUS_INTERVAL_S: Final = 1.0
 #: After an acknowledgement the new position is sent at once unless one went this recently.
@@ -616,6 +622,35 @@ STOP_TIMEOUT_S: Final = 5.0
 #: by `datetime.fromisoformat` row by row, so a time Python has no datetime for
 #: ('infinity', a year past 9999) parks that row instead of failing every sweep.
 SWEEP_SESSION: Final = (sql.SQL("SET datestyle = 'ISO'"),)
+
+
+def queued_size(events: Iterable[OutboxEvent]) -> int:
+    """The bytes `events` hold that grow with their content: value, key and headers.
+
+    What `MAX_QUEUED_BYTES` counts (the fixed cost of an event is `MAX_QUEUED_EVENTS`'s
+    business). A loop, not nested generators: it runs twice per event on the hot path.
+    """
+    size = 0
+    for event in events:
+        value, key = event.value, event.key
+        if value is not None:
+            size += len(value)
+        if key is not None:
+            size += len(key)
+        for _name, header in event.headers:
+            size += len(header)
+    return size
+
+
+def queue_has_room(queued_events: int, queued_bytes: int) -> bool:
+    """Whether the stream may decode more with this much queued ahead of the loop.
+
+    An empty queue always has room, so a transaction (or an event) larger than the caps
+    still goes through: the caps only stop reading further while something waits.
+    """
+    return not queued_events or (
+        queued_events < MAX_QUEUED_EVENTS and queued_bytes < MAX_QUEUED_BYTES
+    )
 
 
 class SlotLostError(RelayError):
@@ -685,6 +720,9 @@ class WalSource:
         self._decoder = self._new_decoder()
         self._tracker = AckTracker()
         self._queue: collections.deque[OutboxEvent] = collections.deque()
+        #: `queued_size` of `_queue`, kept up to date wherever events go in or out (and
+        #: zeroed whenever the queue is empty, so it cannot drift for long).
+        self._queued_bytes = 0
         self._fetched = _Fetched()
         #: Events fetched from a stream before a reconnect, by id() (the values keep them
         #: alive, so an id cannot be reused). Their transactions are tracked by the old
@@ -809,9 +847,11 @@ class WalSource:
             batch = await self._hold_parked_keys(max_events)
         else:
             batch = [queue.popleft() for _ in range(min(max_events, len(queue)))]
+            self._queued_bytes -= queued_size(batch)
         if not queue:
             self._has_events.clear()
-        if len(queue) < MAX_QUEUED_EVENTS and self._sweep_state is None:
+            self._queued_bytes = 0
+        if self._sweep_state is None and queue_has_room(len(queue), self._queued_bytes):
             self._room.set()
         self._fetched.events.extend(batch)
         return batch
@@ -837,11 +877,13 @@ class WalSource:
                     # (the insert is idempotent: ON CONFLICT (event_id) DO NOTHING).
                     await self._hold_message(event)
                 queue.popleft()
+                self._queued_bytes -= queued_size((event,))
                 if event.lsn and self._counts(event):
                     self._tracker.done(event.lsn)
         except BaseException:
             queue.extendleft(reversed(kept))
             raise
+        self._queued_bytes -= queued_size(kept)
         return kept
 
     async def wait(self, timeout_s: float) -> None:
@@ -977,6 +1019,7 @@ class WalSource:
         unsettled = self._fetched.unsettled()
         self._fetched.clear()
         self._queue.extendleft(reversed(unsettled))
+        self._queued_bytes += queued_size(unsettled)
         if self._queue:
             self._has_events.set()
 
@@ -1150,6 +1193,9 @@ class WalSource:
             self._queue.clear()
             self._queue.extend(ahead)
             self._queue.extend(behind)
+            # Rare (an operator's release), and the stream's queued copies of swept rows
+            # went: counted afresh.
+            self._queued_bytes = queued_size(self._queue)
         else:
             await self._sweep_chunk(self._queue)
         if self._queue:
@@ -1203,6 +1249,7 @@ class WalSource:
         """Queue the events of swept rows; the rows that cannot become one."""
         park_keys = self._park_keys
         unreadable = []
+        size = 0
         for row in rows:
             try:
                 event = self._event_from_table(row)
@@ -1215,7 +1262,10 @@ class WalSource:
             if park_keys and waits_behind(event.key, event.id, state.parked_keys):
                 continue  # waits behind a parked event, pending in the table
             into.append(event)
+            size += queued_size((event,))
             state.swept += 1
+        if into is self._queue:
+            self._queued_bytes += size  # a release's list is counted once it is queued
         return unreadable
 
     async def _continue_sweep(self) -> None:
@@ -1323,6 +1373,7 @@ class WalSource:
                 if retry is not None:
                     self._stale[id(retry)] = retry
         self._queue.clear()
+        self._queued_bytes = 0
         self._has_events.clear()
         self._room.set()
         self._handovers.clear()
@@ -1351,11 +1402,14 @@ class WalSource:
         replication = self._replication
         assert replication is not None  # noqa: S101 - started by _connect
         decoder = self._decoder
+        queue = self._queue
         frames: list[bytes] = []
         transactions: list[WalTransaction] = []
         try:
             while True:
-                while self._sweep_state is not None or len(self._queue) >= MAX_QUEUED_EVENTS:
+                while self._sweep_state is not None or not queue_has_room(
+                    len(queue), self._queued_bytes
+                ):
                     # Full, or the table's rows go first: the server waits meanwhile
                     # (the status task keeps answering it).
                     self._room.clear()
@@ -1419,6 +1473,7 @@ class WalSource:
             )
             if events:
                 queue.extend(events)
+                self._queued_bytes += queued_size(events)
         if queue:
             self._has_events.set()
 
