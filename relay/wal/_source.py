@@ -594,11 +594,11 @@ class StreamDecoder:
 
 #: Events decoded ahead of the loop; the stream is not read further while this many wait.
 MAX_QUEUED_EVENTS: Final = 50_000
-#: Nor while their payloads, keys and headers (`queued_size`) add up to this many bytes:
-#: through a broker outage the queue fills, and with the count cap alone its memory grew
-#: with the payload size (199 MB RSS at 2 KB payloads against issue 9's 150 MB). 32 MiB
-#: keeps the worst case, payloads just small enough for the count cap to bind first
-#: (about 650 bytes), near 130 MB, and still reads 3,000 events of 10 KB ahead.
+#: Nor while the payloads, keys and headers (`queued_size`) of the events decoded and not
+#: settled yet, queued or in flight in the loop, add up to this many bytes: through a
+#: broker outage the queue fills, and with the count cap alone its memory grew with the
+#: payload size (199 MB RSS at 2 KB payloads against issue 9's 150 MB). The events in
+#: flight count too, or a rewound batch (2000 events of 10 KB: 20 MB) would come on top.
 MAX_QUEUED_BYTES: Final = 32 * 1024 * 1024
 #: A standby status update goes at least this often (the server times out at 60 s).
 STATUS_INTERVAL_S: Final = 1.0
@@ -720,9 +720,10 @@ class WalSource:
         self._decoder = self._new_decoder()
         self._tracker = AckTracker()
         self._queue: collections.deque[OutboxEvent] = collections.deque()
-        #: `queued_size` of `_queue`, kept up to date wherever events go in or out (and
-        #: zeroed whenever the queue is empty, so it cannot drift for long).
-        self._queued_bytes = 0
+        #: `queued_size` of the events decoded and not settled (queued, or fetched and
+        #: not acknowledged): added as they are queued, subtracted as they are settled or
+        #: held, recounted after a rebuild or reconnect, zeroed when none is left.
+        self._held_bytes = 0
         self._fetched = _Fetched()
         #: Events fetched from a stream before a reconnect, by id() (the values keep them
         #: alive, so an id cannot be reused). Their transactions are tracked by the old
@@ -847,11 +848,9 @@ class WalSource:
             batch = await self._hold_parked_keys(max_events)
         else:
             batch = [queue.popleft() for _ in range(min(max_events, len(queue)))]
-            self._queued_bytes -= queued_size(batch)
         if not queue:
             self._has_events.clear()
-            self._queued_bytes = 0
-        if self._sweep_state is None and queue_has_room(len(queue), self._queued_bytes):
+        if self._sweep_state is None and queue_has_room(len(queue), self._held_bytes):
             self._room.set()
         self._fetched.events.extend(batch)
         return batch
@@ -877,13 +876,12 @@ class WalSource:
                     # (the insert is idempotent: ON CONFLICT (event_id) DO NOTHING).
                     await self._hold_message(event)
                 queue.popleft()
-                self._queued_bytes -= queued_size((event,))
+                self._held_bytes -= queued_size((event,))
                 if event.lsn and self._counts(event):
                     self._tracker.done(event.lsn)
         except BaseException:
             queue.extendleft(reversed(kept))
             raise
-        self._queued_bytes -= queued_size(kept)
         return kept
 
     async def wait(self, timeout_s: float) -> None:
@@ -904,6 +902,7 @@ class WalSource:
         except psycopg.Error as exc:
             raise DatabaseError(f"cannot settle events: {first_line(exc)}") from None
         settled.update(map(id, sent))
+        settled_size = queued_size(sent)
         if missing:
             unmarked = [event for event in sent if event.id in missing]
             log.warning(
@@ -918,6 +917,7 @@ class WalSource:
         for failed in acknowledgement.failed:
             if failed.park:
                 settled.add(id(failed.event))
+                settled_size += queued_size((failed.event,))
                 if self._counts(failed.event):
                     done[failed.event.lsn] += 1
             else:
@@ -929,7 +929,16 @@ class WalSource:
             if lsn:
                 self._tracker.done(lsn, count)
         fetched.prune()
+        self._settled_bytes(settled_size)
         self._send_status()
+
+    def _settled_bytes(self, size: int) -> None:
+        """Events of `size` bytes were settled: the stream may read on below the cap."""
+        self._held_bytes -= size
+        if not self._fetched.events and not self._queue:
+            self._held_bytes = 0  # none left: nothing can have drifted
+        if self._sweep_state is None and queue_has_room(len(self._queue), self._held_bytes):
+            self._room.set()
 
     async def _settle_in_table(self, acknowledgement: Acknowledgement) -> set[int]:
         """Mark the sent rows, record the failures; the ids of sent rows not visible yet."""
@@ -1019,9 +1028,11 @@ class WalSource:
         unsettled = self._fetched.unsettled()
         self._fetched.clear()
         self._queue.extendleft(reversed(unsettled))
-        self._queued_bytes += queued_size(unsettled)
         if self._queue:
             self._has_events.set()
+
+    def _recount_held(self) -> None:
+        self._held_bytes = queued_size(self._queue) + queued_size(self._fetched.unsettled())
 
     async def backlog(self) -> Backlog:
         """Events decoded and not yet fetched; the slot's lag goes to the metrics."""
@@ -1195,7 +1206,7 @@ class WalSource:
             self._queue.extend(behind)
             # Rare (an operator's release), and the stream's queued copies of swept rows
             # went: counted afresh.
-            self._queued_bytes = queued_size(self._queue)
+            self._recount_held()
         else:
             await self._sweep_chunk(self._queue)
         if self._queue:
@@ -1265,7 +1276,7 @@ class WalSource:
             size += queued_size((event,))
             state.swept += 1
         if into is self._queue:
-            self._queued_bytes += size  # a release's list is counted once it is queued
+            self._held_bytes += size  # a release's list is counted once it is queued
         return unreadable
 
     async def _continue_sweep(self) -> None:
@@ -1373,7 +1384,7 @@ class WalSource:
                 if retry is not None:
                     self._stale[id(retry)] = retry
         self._queue.clear()
-        self._queued_bytes = 0
+        self._recount_held()  # the fetched events stay: the loop settles them still
         self._has_events.clear()
         self._room.set()
         self._handovers.clear()
@@ -1408,7 +1419,7 @@ class WalSource:
         try:
             while True:
                 while self._sweep_state is not None or not queue_has_room(
-                    len(queue), self._queued_bytes
+                    len(queue), self._held_bytes
                 ):
                     # Full, or the table's rows go first: the server waits meanwhile
                     # (the status task keeps answering it).
@@ -1473,7 +1484,7 @@ class WalSource:
             )
             if events:
                 queue.extend(events)
-                self._queued_bytes += queued_size(events)
+                self._held_bytes += queued_size(events)
         if queue:
             self._has_events.set()
 
