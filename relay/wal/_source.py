@@ -837,7 +837,9 @@ class WalSource:
             # Never a release sweep meanwhile: it would take over the sweep's state and
             # transaction, and the rest of this sweep's rows (the stream drops them: its
             # snapshot saw them) would never be queued. Releases are noticed after it.
-            if len(self._queue) < 2 * max_events:
+            # The byte cap too: a rewound batch (an outage) must not make room for more.
+            queued = len(self._queue)
+            if queued < 2 * max_events and queue_has_room(queued, self._held_bytes):
                 await self._continue_sweep()
         elif self._track_rows and time.monotonic() - self._parked_checked_s > PARKED_REFRESH_S:
             await self._refresh_parked()

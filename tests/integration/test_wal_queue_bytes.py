@@ -14,7 +14,7 @@ import psycopg
 import pytest
 
 from relay.config import Settings
-from relay.events import OutboxEvent, PublishResult
+from relay.events import OutboxEvent, PublishFailure, PublishResult
 from relay.kafka import KafkaPublisher
 from relay.loop import LoopConfig, RelayLoop
 from relay.wal import WalSource
@@ -99,6 +99,52 @@ async def test_the_stream_stops_at_the_byte_cap_and_resumes_in_order(
                 await asyncio.sleep(0.01)
         # All sent: the last transaction, larger than the cap, went through too.
         assert most < CAP_BYTES + 20 * (PAD_BYTES + 100)
+    finally:
+        stop.set()
+        publisher.gate.set()
+        await asyncio.wait_for(task, 30)
+        await source.stop()
+        await publisher.stop()
+    records = await consume(settings.bootstrap_servers, [topic], expected=EVENTS, idle_s=1)
+    assert_delivered(records, outbox_rows(url))
+
+
+class RefusingPublisher(GatedPublisher):
+    """Kafka away, answering at once: every batch fails retriably until the gate opens."""
+
+    async def publish(self, events: Sequence[OutboxEvent]) -> PublishResult:
+        """A retriable failure for every event while the gate is shut."""
+        if not self.gate.is_set():
+            self.waiting = True
+            failure = PublishFailure("KafkaConnectionError: test outage", retriable=True)
+            return PublishResult(tuple(events), (failure,) * len(events))
+        return await self.kafka.publish(events)
+
+
+async def test_the_start_up_sweep_stops_at_the_byte_cap_through_an_outage(
+    settings: Settings, topic: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each retry's fetch read one more sweep chunk while the queue held fewer than two
+    batches, however large their events: the rewound batches piled up."""
+    monkeypatch.setattr(wal_source, "MAX_QUEUED_BYTES", CAP_BYTES, raising=False)
+    monkeypatch.setattr(wal_source, "SWEEP_CHUNK", 10)
+    settings = wal_settings(settings)
+    url = settings.database_url
+    insert_big(url, topic, EVENTS, 1)  # pending before the slot exists: swept
+    publisher = RefusingPublisher(KafkaPublisher(settings))
+    source = WalSource(settings)
+    await publisher.start()
+    await source.start()
+    loop = RelayLoop(source, publisher, LoopConfig(batch_size=50, poll_interval_s=0.2))
+    stop = asyncio.Event()
+    task = asyncio.create_task(loop.run(stop), name="relay")
+    try:
+        await wait_until(lambda: publisher.waiting)
+        await asyncio.sleep(2.0)  # a few retries, each one fetch
+        # One chunk past the cap at most.
+        assert decoded_bytes(source) < CAP_BYTES + 10 * (PAD_BYTES + 100)
+        publisher.gate.set()
+        await wait_until(lambda: states(url) == {"sent": EVENTS}, 30)
     finally:
         stop.set()
         publisher.gate.set()
