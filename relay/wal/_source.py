@@ -599,6 +599,9 @@ MAX_QUEUED_EVENTS: Final = 50_000
 #: broker outage the queue fills, and with the count cap alone its memory grew with the
 #: payload size (199 MB RSS at 2 KB payloads against issue 9's 150 MB). The events in
 #: flight count too, or a rewound batch (2000 events of 10 KB: 20 MB) would come on top.
+#: With 32 MiB `bench/wal_memory.py --outage-seconds` peaks at 99 MB (2 KB payloads) and
+#: 88 MB (10 KB); the worst case, where both caps bind at once (about 650 bytes an
+#: event), at 130 MB.
 MAX_QUEUED_BYTES: Final = 32 * 1024 * 1024
 #: A standby status update goes at least this often (the server times out at 60 s).
 STATUS_INTERVAL_S: Final = 1.0
