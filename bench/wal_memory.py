@@ -166,10 +166,11 @@ def held(source: WalSource) -> str:
     """What the WAL source holds: tracker entries, queued and in-flight events."""
     tracker = source._tracker  # noqa: SLF001
     queued = len(source._queue)  # noqa: SLF001
+    held_mb = source._held_bytes / 2**20  # noqa: SLF001
     fetched = len(source._fetched.events)  # noqa: SLF001
     return (
         f"tracker {tracker.open_transactions} txs/{tracker.pending_events} events, "
-        f"queued {queued}, in flight {fetched}"
+        f"queued {queued}, in flight {fetched} ({held_mb:.1f} MiB together)"
     )
 
 

@@ -594,6 +594,15 @@ class StreamDecoder:
 
 #: Events decoded ahead of the loop; the stream is not read further while this many wait.
 MAX_QUEUED_EVENTS: Final = 50_000
+#: Nor while the payloads, keys and headers (`queued_size`) of the events decoded and not
+#: settled yet, queued or in flight in the loop, add up to this many bytes: through a
+#: broker outage the queue fills, and with the count cap alone its memory grew with the
+#: payload size (199 MB RSS at 2 KB payloads against issue 9's 150 MB). The events in
+#: flight count too, or a rewound batch (2000 events of 10 KB: 20 MB) would come on top.
+#: With 32 MiB `bench/wal_memory.py --outage-seconds` peaks at 99 MB (2 KB payloads) and
+#: 88 MB (10 KB); the worst case, where both caps bind at once (about 650 bytes an
+#: event), at 130 MB.
+MAX_QUEUED_BYTES: Final = 32 * 1024 * 1024
 #: A standby status update goes at least this often (the server times out at 60 s).
 STATUS_INTERVAL_S: Final = 1.0
 #: After an acknowledgement the new position is sent at once unless one went this recently.
@@ -616,6 +625,35 @@ STOP_TIMEOUT_S: Final = 5.0
 #: by `datetime.fromisoformat` row by row, so a time Python has no datetime for
 #: ('infinity', a year past 9999) parks that row instead of failing every sweep.
 SWEEP_SESSION: Final = (sql.SQL("SET datestyle = 'ISO'"),)
+
+
+def queued_size(events: Iterable[OutboxEvent]) -> int:
+    """The bytes `events` hold that grow with their content: value, key and headers.
+
+    What `MAX_QUEUED_BYTES` counts (the fixed cost of an event is `MAX_QUEUED_EVENTS`'s
+    business). A loop, not nested generators: it runs twice per event on the hot path.
+    """
+    size = 0
+    for event in events:
+        value, key = event.value, event.key
+        if value is not None:
+            size += len(value)
+        if key is not None:
+            size += len(key)
+        for _name, header in event.headers:
+            size += len(header)
+    return size
+
+
+def queue_has_room(queued_events: int, queued_bytes: int) -> bool:
+    """Whether the stream may decode more with this much queued ahead of the loop.
+
+    An empty queue always has room, so a transaction (or an event) larger than the caps
+    still goes through: the caps only stop reading further while something waits.
+    """
+    return not queued_events or (
+        queued_events < MAX_QUEUED_EVENTS and queued_bytes < MAX_QUEUED_BYTES
+    )
 
 
 class SlotLostError(RelayError):
@@ -687,6 +725,10 @@ class WalSource:
         self._decoder = self._new_decoder()
         self._tracker = AckTracker()
         self._queue: collections.deque[OutboxEvent] = collections.deque()
+        #: `queued_size` of the events decoded and not settled (queued, or fetched and
+        #: not acknowledged): added as they are queued, subtracted as they are settled or
+        #: held, recounted after a rebuild or reconnect, zeroed when none is left.
+        self._held_bytes = 0
         self._fetched = _Fetched()
         #: Events fetched from a stream before a reconnect, by id() (the values keep them
         #: alive, so an id cannot be reused). Their transactions are tracked by the old
@@ -800,7 +842,9 @@ class WalSource:
             # Never a release sweep meanwhile: it would take over the sweep's state and
             # transaction, and the rest of this sweep's rows (the stream drops them: its
             # snapshot saw them) would never be queued. Releases are noticed after it.
-            if len(self._queue) < 2 * max_events:
+            # The byte cap too: a rewound batch (an outage) must not make room for more.
+            queued = len(self._queue)
+            if queued < 2 * max_events and queue_has_room(queued, self._held_bytes):
                 await self._continue_sweep()
         elif self._track_rows and time.monotonic() - self._parked_checked_s > PARKED_REFRESH_S:
             await self._refresh_parked()
@@ -813,7 +857,7 @@ class WalSource:
             batch = [queue.popleft() for _ in range(min(max_events, len(queue)))]
         if not queue:
             self._has_events.clear()
-        if len(queue) < MAX_QUEUED_EVENTS and self._sweep_state is None:
+        if self._sweep_state is None and queue_has_room(len(queue), self._held_bytes):
             self._room.set()
         self._fetched.events.extend(batch)
         return batch
@@ -839,6 +883,7 @@ class WalSource:
                     # (the insert is idempotent: ON CONFLICT (event_id) DO NOTHING).
                     await self._hold_message(event)
                 queue.popleft()
+                self._held_bytes -= queued_size((event,))
                 if event.lsn and self._counts(event):
                     self._tracker.done(event.lsn)
         except BaseException:
@@ -864,6 +909,7 @@ class WalSource:
         except psycopg.Error as exc:
             raise DatabaseError(f"cannot settle events: {first_line(exc)}") from None
         settled.update(map(id, sent))
+        settled_size = queued_size(sent)
         if missing:
             unmarked = [event for event in sent if event.id in missing]
             log.warning(
@@ -878,6 +924,7 @@ class WalSource:
         for failed in acknowledgement.failed:
             if failed.park:
                 settled.add(id(failed.event))
+                settled_size += queued_size((failed.event,))
                 if self._counts(failed.event):
                     done[failed.event.lsn] += 1
             else:
@@ -889,7 +936,16 @@ class WalSource:
             if lsn:
                 self._tracker.done(lsn, count)
         fetched.prune()
+        self._settled_bytes(settled_size)
         self._send_status()
+
+    def _settled_bytes(self, size: int) -> None:
+        """Events of `size` bytes were settled: the stream may read on below the cap."""
+        self._held_bytes -= size
+        if not self._fetched.events and not self._queue:
+            self._held_bytes = 0  # none left: nothing can have drifted
+        if self._sweep_state is None and queue_has_room(len(self._queue), self._held_bytes):
+            self._room.set()
 
     async def _settle_in_table(self, acknowledgement: Acknowledgement) -> set[int]:
         """Mark the sent rows, record the failures; the ids of sent rows not visible yet."""
@@ -981,6 +1037,9 @@ class WalSource:
         self._queue.extendleft(reversed(unsettled))
         if self._queue:
             self._has_events.set()
+
+    def _recount_held(self) -> None:
+        self._held_bytes = queued_size(self._queue) + queued_size(self._fetched.unsettled())
 
     async def backlog(self) -> Backlog:
         """Events decoded and not yet fetched; the slot's lag goes to the metrics."""
@@ -1189,6 +1248,9 @@ class WalSource:
         await conn.execute("COMMIT")
         if state.merge is not None:
             self._queue.extend(state.merge.remaining())
+            # Rare (an operator's release), and the merged events were out of the queue
+            # for a while (a count zeroed meanwhile missed them): counted afresh.
+            self._recount_held()
         self._sweep_state = None
         self._room.set()
         if state.swept:
@@ -1203,6 +1265,7 @@ class WalSource:
         queue = self._queue
         merge = state.merge
         unreadable = []
+        size = 0
         for row in rows:
             try:
                 event = self._event_from_table(row)
@@ -1216,9 +1279,14 @@ class WalSource:
                 continue  # waits behind a parked event, pending in the table
             if merge is None:
                 queue.append(event)
+                size += queued_size((event,))
             else:
-                queue.extend(merge.merge(event))
+                merged = merge.merge(event)
+                queue.extend(merged)
+                if merged[-1] is event:  # the others were queued, and counted, before
+                    size += queued_size((event,))
             state.swept += 1
+        self._held_bytes += size
         return unreadable
 
     async def _continue_sweep(self) -> None:
@@ -1331,6 +1399,7 @@ class WalSource:
                 if retry is not None:
                     self._stale[id(retry)] = retry
         self._queue.clear()
+        self._recount_held()  # the fetched events stay: the loop settles them still
         self._has_events.clear()
         self._room.set()
         self._handovers.clear()
@@ -1359,11 +1428,14 @@ class WalSource:
         replication = self._replication
         assert replication is not None  # noqa: S101 - started by _connect
         decoder = self._decoder
+        queue = self._queue
         frames: list[bytes] = []
         transactions: list[WalTransaction] = []
         try:
             while True:
-                while self._sweep_state is not None or len(self._queue) >= MAX_QUEUED_EVENTS:
+                while self._sweep_state is not None or not queue_has_room(
+                    len(queue), self._held_bytes
+                ):
                     # Full, or the table's rows go first: the server waits meanwhile
                     # (the status task keeps answering it).
                     self._room.clear()
@@ -1427,6 +1499,7 @@ class WalSource:
             )
             if events:
                 queue.extend(events)
+                self._held_bytes += queued_size(events)
         if queue:
             self._has_events.set()
 
