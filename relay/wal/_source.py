@@ -613,8 +613,22 @@ PARKED_REFRESH_S: Final = 5.0
 LAG_REFRESH_S: Final = 5.0
 #: How often the slot's lag is logged.
 LAG_LOG_S: Final = 60.0
-#: Rows read per query by a sweep of pending rows.
+#: Rows read per query by a sweep of pending rows, at most,
 SWEEP_CHUNK: Final = 5000
+#: and about this many bytes of content (payload, headers) per query once the first
+#: chunk told the rows' size: 5000 rows of 10 KB would be 50 MB in one result.
+SWEEP_CHUNK_BYTES: Final = 8 * 1024 * 1024
+#: Rows of a sweep's first query, before their size is known.
+SWEEP_FIRST_CHUNK: Final = 100
+
+
+def next_sweep_chunk(rows: int, content_bytes: int) -> int:
+    """Rows for a sweep's next query, after one returned `rows` of `content_bytes`."""
+    if rows <= 0 or content_bytes <= 0:
+        return SWEEP_CHUNK
+    return max(1, min(SWEEP_CHUNK, rows * SWEEP_CHUNK_BYTES // content_bytes))
+
+
 #: How long a mark that missed rows retries before it leaves their transaction
 #: unconfirmed (and retries again with the next acknowledgement and status update).
 MARK_VISIBLE_WAIT_S: Final = 1.0
@@ -708,6 +722,8 @@ class _SweepState:
     merge: ReleaseMerge | None = None
     after_id: int = 0
     swept: int = 0
+    #: Rows the next query asks for (`next_sweep_chunk`).
+    limit: int = 0
 
 
 class WalSource:
@@ -1219,17 +1235,18 @@ class WalSource:
         state = self._sweep_state
         assert conn is not None  # noqa: S101 - a sweep runs on an open connection
         assert state is not None  # noqa: S101
+        limit = state.limit or min(SWEEP_FIRST_CHUNK, SWEEP_CHUNK)
         if state.keys is None:
             cursor = await conn.execute(
                 query("wal", "pending_rows", self._names),
-                {"after_id": state.after_id, "limit": SWEEP_CHUNK},
+                {"after_id": state.after_id, "limit": limit},
             )
         else:
             cursor = await conn.execute(
                 query("wal", "pending_rows_of_keys", self._names),
                 {
                     "after_id": state.after_id,
-                    "limit": SWEEP_CHUNK,
+                    "limit": limit,
                     "keys": sorted(state.keys),
                     "ids": id_array(state.ids),
                 },
@@ -1243,7 +1260,12 @@ class WalSource:
                 raise DatabaseError(str(exc)) from None
         if rows:
             state.after_id = rows[-1][0]
-        if len(rows) == SWEEP_CHUNK:
+        if len(rows) == limit:
+            # payload text, payload bytes, headers text: what grows with the content.
+            content = sum(
+                len(row[4] or "") + len(row[5] or b"") + len(row[6] or "") for row in rows
+            )
+            state.limit = next_sweep_chunk(len(rows), content)
             return True
         await conn.execute("COMMIT")
         if state.merge is not None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Sequence
+from typing import Any
 
 import psycopg
 import pytest
@@ -151,5 +152,47 @@ async def test_the_start_up_sweep_stops_at_the_byte_cap_through_an_outage(
         await asyncio.wait_for(task, 30)
         await source.stop()
         await publisher.stop()
+    records = await consume(settings.bootstrap_servers, [topic], expected=EVENTS, idle_s=1)
+    assert_delivered(records, outbox_rows(url))
+
+
+async def test_a_sweep_of_large_rows_reads_them_a_few_at_a_time(
+    settings: Settings, topic: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sweep asked for 5000 rows per query whatever their size: 5000 rows of 10 KB
+    are 50 MB in one result. After its first query it asks for as many rows as fit in
+    `SWEEP_CHUNK_BYTES`."""
+    monkeypatch.setattr(wal_source, "SWEEP_CHUNK_BYTES", 4 * PAD_BYTES, raising=False)
+    monkeypatch.setattr(wal_source, "SWEEP_FIRST_CHUNK", 10, raising=False)
+    chunks: list[int] = []
+    queue_swept = WalSource._queue_swept
+
+    def counting(
+        source: WalSource, rows: Sequence[Sequence[Any]], state: Any
+    ) -> list[wal_source.UnreadableRow]:
+        chunks.append(len(rows))
+        return queue_swept(source, rows, state)
+
+    monkeypatch.setattr(WalSource, "_queue_swept", counting)
+    settings = wal_settings(settings)
+    url = settings.database_url
+    insert_big(url, topic, EVENTS, 1)  # pending before the slot exists: swept
+    publisher = KafkaPublisher(settings)
+    source = WalSource(settings)
+    await publisher.start()
+    await source.start()
+    loop = RelayLoop(source, publisher, LoopConfig(batch_size=50, poll_interval_s=0.2))
+    stop = asyncio.Event()
+    task = asyncio.create_task(loop.run(stop), name="relay")
+    try:
+        await wait_until(lambda: states(url) == {"sent": EVENTS}, 30)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+        await source.stop()
+        await publisher.stop()
+    assert sum(chunks) == EVENTS
+    assert chunks[0] == 10  # then four 8 KB rows a query
+    assert max(chunks[1:]) <= 4, chunks
     records = await consume(settings.bootstrap_servers, [topic], expected=EVENTS, idle_s=1)
     assert_delivered(records, outbox_rows(url))

@@ -118,3 +118,11 @@ async def test_the_byte_count_follows_accept_fetch_settle_rewind_and_hold() -> N
     assert [e.id for e in rest] == [7]
     await source.acknowledge(Acknowledgement(sent=tuple(rest)))
     assert source._held_bytes == 0
+
+
+def test_a_sweep_asks_for_as_many_rows_as_fit_in_its_chunk_bytes() -> None:
+    chunk_bytes = wal_source.SWEEP_CHUNK_BYTES
+    assert wal_source.next_sweep_chunk(100, 100 * 200) == wal_source.SWEEP_CHUNK  # small rows
+    assert wal_source.next_sweep_chunk(100, 100 * 10_000) == chunk_bytes // 10_000
+    assert wal_source.next_sweep_chunk(10, 10 * chunk_bytes * 4) == 1  # huge rows: one a time
+    assert wal_source.next_sweep_chunk(0, 0) == wal_source.SWEEP_CHUNK
