@@ -1283,11 +1283,12 @@ class WalSource:
         self, rows: Sequence[Sequence[Any]], state: _SweepState
     ) -> list[UnreadableRow]:
         """Queue the events of swept rows; the rows that cannot become one."""
-        park_keys = self._park_keys
+        # Only when some key is parked does a row need the waits_behind check.
+        parked_keys = state.parked_keys if self._park_keys else None
         queue = self._queue
         merge = state.merge
         unreadable = []
-        size = 0
+        added: list[OutboxEvent] = []
         for row in rows:
             try:
                 event = self._event_from_table(row)
@@ -1297,18 +1298,19 @@ class WalSource:
                 continue
             if event.id in state.outstanding:
                 continue
-            if park_keys and waits_behind(event.key, event.id, state.parked_keys):
+            if parked_keys and waits_behind(event.key, event.id, parked_keys):
                 continue  # waits behind a parked event, pending in the table
             if merge is None:
-                queue.append(event)
-                size += queued_size((event,))
+                added.append(event)
             else:
                 merged = merge.merge(event)
                 queue.extend(merged)
                 if merged[-1] is event:  # the others were queued, and counted, before
-                    size += queued_size((event,))
+                    self._held_bytes += queued_size(merged[-1:])
             state.swept += 1
-        self._held_bytes += size
+        if added:
+            queue.extend(added)
+            self._held_bytes += queued_size(added)
         return unreadable
 
     async def _continue_sweep(self) -> None:
