@@ -7,8 +7,9 @@ relay's memory grew with the payload size (199 MB RSS at 2 KB payloads).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import psycopg
@@ -18,6 +19,7 @@ from relay.config import Settings
 from relay.events import OutboxEvent, PublishFailure, PublishResult
 from relay.kafka import KafkaPublisher
 from relay.loop import LoopConfig, RelayLoop
+from relay.publisher import Publisher
 from relay.wal import WalSource
 from relay.wal import _source as wal_source
 from tests.integration.test_wal_relay import states, wait_until, wal_settings
@@ -73,13 +75,9 @@ def insert_big(url: str, topic: str, events: int, last_transaction: int) -> None
         conn.commit()
 
 
-async def test_the_stream_stops_at_the_byte_cap_and_resumes_in_order(
-    settings: Settings, topic: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(wal_source, "MAX_QUEUED_BYTES", CAP_BYTES, raising=False)
-    settings = wal_settings(settings)
-    url = settings.database_url
-    publisher = GatedPublisher(KafkaPublisher(settings))
+@contextlib.asynccontextmanager
+async def relay_with(settings: Settings, publisher: Publisher) -> AsyncIterator[WalSource]:
+    """A WAL relay loop in this process, publishing through `publisher`."""
     source = WalSource(settings)
     await publisher.start()
     await source.start()
@@ -87,6 +85,24 @@ async def test_the_stream_stops_at_the_byte_cap_and_resumes_in_order(
     stop = asyncio.Event()
     task = asyncio.create_task(loop.run(stop), name="relay")
     try:
+        yield source
+    finally:
+        stop.set()
+        if isinstance(publisher, GatedPublisher):
+            publisher.gate.set()  # a failed test's loop must not wait at the gate
+        await asyncio.wait_for(task, 30)
+        await source.stop()
+        await publisher.stop()
+
+
+async def test_the_stream_stops_at_the_byte_cap_and_resumes_in_order(
+    settings: Settings, topic: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(wal_source, "MAX_QUEUED_BYTES", CAP_BYTES)
+    settings = wal_settings(settings)
+    url = settings.database_url
+    publisher = GatedPublisher(KafkaPublisher(settings))
+    async with relay_with(settings, publisher) as source:
         insert_big(url, topic, EVENTS, 20)  # about 1.6 MB, 25 times the cap
         await wait_until(lambda: publisher.waiting and decoded_bytes(source) >= CAP_BYTES, 10)
         await asyncio.sleep(1.0)  # time to read on, had the cap not stopped the stream
@@ -100,12 +116,6 @@ async def test_the_stream_stops_at_the_byte_cap_and_resumes_in_order(
                 await asyncio.sleep(0.01)
         # All sent: the last transaction, larger than the cap, went through too.
         assert most < CAP_BYTES + 20 * (PAD_BYTES + 100)
-    finally:
-        stop.set()
-        publisher.gate.set()
-        await asyncio.wait_for(task, 30)
-        await source.stop()
-        await publisher.stop()
     records = await consume(settings.bootstrap_servers, [topic], expected=EVENTS, idle_s=1)
     assert_delivered(records, outbox_rows(url))
 
@@ -127,31 +137,19 @@ async def test_the_start_up_sweep_stops_at_the_byte_cap_through_an_outage(
 ) -> None:
     """Each retry's fetch read one more sweep chunk while the queue held fewer than two
     batches, however large their events: the rewound batches piled up."""
-    monkeypatch.setattr(wal_source, "MAX_QUEUED_BYTES", CAP_BYTES, raising=False)
+    monkeypatch.setattr(wal_source, "MAX_QUEUED_BYTES", CAP_BYTES)
     monkeypatch.setattr(wal_source, "SWEEP_CHUNK", 10)
     settings = wal_settings(settings)
     url = settings.database_url
     insert_big(url, topic, EVENTS, 1)  # pending before the slot exists: swept
     publisher = RefusingPublisher(KafkaPublisher(settings))
-    source = WalSource(settings)
-    await publisher.start()
-    await source.start()
-    loop = RelayLoop(source, publisher, LoopConfig(batch_size=50, poll_interval_s=0.2))
-    stop = asyncio.Event()
-    task = asyncio.create_task(loop.run(stop), name="relay")
-    try:
+    async with relay_with(settings, publisher) as source:
         await wait_until(lambda: publisher.waiting)
         await asyncio.sleep(2.0)  # a few retries, each one fetch
         # One chunk past the cap at most.
         assert decoded_bytes(source) < CAP_BYTES + 10 * (PAD_BYTES + 100)
         publisher.gate.set()
         await wait_until(lambda: states(url) == {"sent": EVENTS}, 30)
-    finally:
-        stop.set()
-        publisher.gate.set()
-        await asyncio.wait_for(task, 30)
-        await source.stop()
-        await publisher.stop()
     records = await consume(settings.bootstrap_servers, [topic], expected=EVENTS, idle_s=1)
     assert_delivered(records, outbox_rows(url))
 
@@ -162,8 +160,8 @@ async def test_a_sweep_of_large_rows_reads_them_a_few_at_a_time(
     """The sweep asked for 5000 rows per query whatever their size: 5000 rows of 10 KB
     are 50 MB in one result. After its first query it asks for as many rows as fit in
     `SWEEP_CHUNK_BYTES`."""
-    monkeypatch.setattr(wal_source, "SWEEP_CHUNK_BYTES", 4 * PAD_BYTES, raising=False)
-    monkeypatch.setattr(wal_source, "SWEEP_FIRST_CHUNK", 10, raising=False)
+    monkeypatch.setattr(wal_source, "SWEEP_CHUNK_BYTES", 4 * PAD_BYTES)
+    monkeypatch.setattr(wal_source, "SWEEP_FIRST_CHUNK", 10)
     chunks: list[int] = []
     queue_swept = WalSource._queue_swept
 
@@ -177,20 +175,8 @@ async def test_a_sweep_of_large_rows_reads_them_a_few_at_a_time(
     settings = wal_settings(settings)
     url = settings.database_url
     insert_big(url, topic, EVENTS, 1)  # pending before the slot exists: swept
-    publisher = KafkaPublisher(settings)
-    source = WalSource(settings)
-    await publisher.start()
-    await source.start()
-    loop = RelayLoop(source, publisher, LoopConfig(batch_size=50, poll_interval_s=0.2))
-    stop = asyncio.Event()
-    task = asyncio.create_task(loop.run(stop), name="relay")
-    try:
+    async with relay_with(settings, KafkaPublisher(settings)):
         await wait_until(lambda: states(url) == {"sent": EVENTS}, 30)
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 30)
-        await source.stop()
-        await publisher.stop()
     assert sum(chunks) == EVENTS
     assert chunks[0] == 10  # then four 8 KB rows a query
     assert max(chunks[1:]) <= 4, chunks
