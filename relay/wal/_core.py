@@ -324,9 +324,6 @@ class ReleaseMerge:
         self._moved.clear()
         return out
 
-    def __len__(self) -> int:
-        return len(self._moved)
-
 
 def _row_id(event: OutboxEvent) -> int:
     return event.id

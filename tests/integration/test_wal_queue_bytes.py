@@ -18,11 +18,9 @@ import pytest
 from relay.config import Settings
 from relay.events import OutboxEvent, PublishFailure, PublishResult
 from relay.kafka import KafkaPublisher
-from relay.loop import LoopConfig, RelayLoop
-from relay.publisher import Publisher
 from relay.wal import WalSource
 from relay.wal import _source as wal_source
-from tests.integration.test_wal_relay import states, wait_until, wal_settings
+from tests.integration.test_wal_relay import running_relay, states, wait_until, wal_settings
 from tests.oracle import assert_delivered, outbox_rows
 from tests.support import consume
 
@@ -76,23 +74,12 @@ def insert_big(url: str, topic: str, events: int, last_transaction: int) -> None
 
 
 @contextlib.asynccontextmanager
-async def relay_with(settings: Settings, publisher: Publisher) -> AsyncIterator[WalSource]:
-    """A WAL relay loop in this process, publishing through `publisher`."""
-    source = WalSource(settings)
-    await publisher.start()
-    await source.start()
-    loop = RelayLoop(source, publisher, LoopConfig(batch_size=50, poll_interval_s=0.2))
-    stop = asyncio.Event()
-    task = asyncio.create_task(loop.run(stop), name="relay")
+async def opened_at_exit(publisher: GatedPublisher) -> AsyncIterator[None]:
+    """Open the gate on the way out: a failed test's loop must not wait at it."""
     try:
-        yield source
+        yield
     finally:
-        stop.set()
-        if isinstance(publisher, GatedPublisher):
-            publisher.gate.set()  # a failed test's loop must not wait at the gate
-        await asyncio.wait_for(task, 30)
-        await source.stop()
-        await publisher.stop()
+        publisher.gate.set()
 
 
 async def test_the_stream_stops_at_the_byte_cap_and_resumes_in_order(
@@ -102,7 +89,10 @@ async def test_the_stream_stops_at_the_byte_cap_and_resumes_in_order(
     settings = wal_settings(settings)
     url = settings.database_url
     publisher = GatedPublisher(KafkaPublisher(settings))
-    async with relay_with(settings, publisher) as source:
+    async with (
+        running_relay(settings, 50, publisher=publisher) as source,
+        opened_at_exit(publisher),
+    ):
         insert_big(url, topic, EVENTS, 20)  # about 1.6 MB, 25 times the cap
         await wait_until(lambda: publisher.waiting and decoded_bytes(source) >= CAP_BYTES, 10)
         await asyncio.sleep(1.0)  # time to read on, had the cap not stopped the stream
@@ -143,7 +133,10 @@ async def test_the_start_up_sweep_stops_at_the_byte_cap_through_an_outage(
     url = settings.database_url
     insert_big(url, topic, EVENTS, 1)  # pending before the slot exists: swept
     publisher = RefusingPublisher(KafkaPublisher(settings))
-    async with relay_with(settings, publisher) as source:
+    async with (
+        running_relay(settings, 50, publisher=publisher) as source,
+        opened_at_exit(publisher),
+    ):
         await wait_until(lambda: publisher.waiting)
         await asyncio.sleep(2.0)  # a few retries, each one fetch
         # One chunk past the cap at most.
@@ -175,7 +168,7 @@ async def test_a_sweep_of_large_rows_reads_them_a_few_at_a_time(
     settings = wal_settings(settings)
     url = settings.database_url
     insert_big(url, topic, EVENTS, 1)  # pending before the slot exists: swept
-    async with relay_with(settings, KafkaPublisher(settings)):
+    async with running_relay(settings, 50):
         await wait_until(lambda: states(url) == {"sent": EVENTS}, 30)
     assert sum(chunks) == EVENTS
     assert chunks[0] == 10  # then four 8 KB rows a query

@@ -16,6 +16,7 @@ from relay.config import Mode, OnSent, Settings
 from relay.kafka import KafkaPublisher
 from relay.loop import LoopConfig, RelayLoop
 from relay.metrics import Metrics
+from relay.publisher import Publisher
 from relay.slot import slot_status
 from relay.wal import WalSource
 from relay.wal import _source as wal
@@ -32,10 +33,14 @@ def wal_settings(settings: Settings, **changes: object) -> Settings:
 
 @contextlib.asynccontextmanager
 async def running_relay(
-    settings: Settings, batch_size: int = 500, metrics: Metrics | None = None
+    settings: Settings,
+    batch_size: int = 500,
+    metrics: Metrics | None = None,
+    publisher: Publisher | None = None,
 ) -> AsyncIterator[WalSource]:
+    """A WAL relay loop in this process, publishing to Kafka (or through `publisher`)."""
     source = WalSource(settings, metrics=metrics)
-    publisher = KafkaPublisher(settings)
+    publisher = publisher or KafkaPublisher(settings)
     await publisher.start()
     await source.start()
     loop = RelayLoop(

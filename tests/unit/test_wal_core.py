@@ -421,7 +421,6 @@ def released(
     for row in sorted(swept, key=lambda event: event.id):
         queue.extend(merge.merge(row))
     queue.extend(merge.remaining())
-    assert not merge
     return queue
 
 
